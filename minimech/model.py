@@ -1,0 +1,323 @@
+"""The readable GPT-2. Read it top to bottom: embeddings, LayerNorm, attention, MLP, block, the whole model.
+
+Every activation passes through a HookPoint whose name is its attribute path, as in TransformerLens
+(`blocks.3.attn.hook_pattern`), and the local variable in each forward has the hook's name. Weights are stored the
+way the maths reads: W_Q is [head, d_model, d_head], W_in is [d_model, d_mlp], and `x @ W` applies them.
+Hugging Face stores the same weights differently (Conv1D, one fused qkv matrix); loading.py converts them.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GPTConfig
+from .errors import MinimechError
+from .hooks import HookedModule, HookPoint
+from .objects import Heads, Memories
+
+# Every hook's shape, by name; "{l}" is any layer. tests/test_model.py runs a model whose sizes all differ and checks
+# each cached activation against this table. hook_result exists only when asked for (it is n_heads x attn_out).
+HOOK_SHAPES = {
+    "hook_embed": ("batch", "pos", "d_model"),
+    "hook_pos_embed": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
+    "blocks.{l}.ln1.hook_scale": ("batch", "pos", 1),
+    "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_k": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_v": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_attn_scores": ("batch", "head", "pos", "pos"),  # [batch, head, q_pos, k_pos]
+    "blocks.{l}.attn.hook_pattern": ("batch", "head", "pos", "pos"),
+    "blocks.{l}.attn.hook_z": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_result": ("batch", "pos", "head", "d_model"),
+    "blocks.{l}.hook_attn_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_mid": ("batch", "pos", "d_model"),  # not in attention-only models
+    "blocks.{l}.ln2.hook_scale": ("batch", "pos", 1),  # ln2 and mlp: not in attention-only models
+    "blocks.{l}.ln2.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.mlp.hook_pre": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.mlp.hook_post": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.hook_mlp_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_post": ("batch", "pos", "d_model"),
+    "ln_final.hook_scale": ("batch", "pos", 1),
+    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
+}
+
+
+class PromptTooLongError(MinimechError):
+    """More positions than the model's context n_ctx."""
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))  # [d_vocab, d_model]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos, d_model]
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))  # [n_ctx, d_model]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos, d_model]
+        batch, pos = tokens.shape
+        return self.W_pos[:pos].unsqueeze(0).expand(batch, pos, -1)
+
+
+class LayerNorm(nn.Module):
+    """Centre, divide by the standard deviation (hook_scale), then scale and shift per feature."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))  # [d_model]
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))  # [d_model]
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(-1, keepdim=True)  # [batch, pos, d_model]
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [batch, pos, 1]
+        normalized = self.hook_normalized(x / scale * self.w + self.b)  # [batch, pos, d_model]
+        return normalized
+
+
+class Attention(nn.Module):
+    """Causal self-attention, one head at a time in the maths, all heads at once in the tensors."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))  # [head, d_model, d_head]
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))  # [head, d_head, d_model]
+        self.b_Q = nn.Parameter(torch.zeros(h, e))  # [head, d_head]
+        self.b_K = nn.Parameter(torch.zeros(h, e))
+        self.b_V = nn.Parameter(torch.zeros(h, e))
+        self.b_O = nn.Parameter(torch.zeros(d))  # [d_model]
+        # True above the diagonal: key positions after the query, which a causal model must not see.
+        self.register_buffer("mask", torch.triu(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool), 1), persistent=False)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+
+    @property
+    def heads(self) -> Heads:
+        return Heads(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, d_model], after ln1
+        q = self.hook_q(torch.einsum("bpm,hme->bphe", x, self.W_Q) + self.b_Q)  # [batch, pos, head, d_head]
+        k = self.hook_k(torch.einsum("bpm,hme->bphe", x, self.W_K) + self.b_K)  # [batch, pos, head, d_head]
+        v = self.hook_v(torch.einsum("bpm,hme->bphe", x, self.W_V) + self.b_V)  # [batch, pos, head, d_head]
+        pos = x.shape[1]
+        attn_scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)  # [batch, head, q, k]
+        attn_scores = self.hook_attn_scores(attn_scores.masked_fill(self.mask[:pos, :pos], float("-inf")))
+        pattern = self.hook_pattern(attn_scores.softmax(dim=-1))  # [batch, head, q_pos, k_pos]
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))  # [batch, pos, head, d_head]
+        if self.hook_result.is_hooked:  # each head's own write to the residual stream, only when asked for
+            result = self.hook_result(torch.einsum("bqhe,hem->bqhm", z, self.W_O))  # [batch, pos, head, d_model]
+            return result.sum(dim=2) + self.b_O
+        # The same sum over heads, as one matmul: [batch, pos, head * d_head] @ [head * d_head, d_model]
+        return z.flatten(2) @ self.W_O.flatten(0, 1) + self.b_O  # [batch, pos, d_model]
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # GPT-2 was trained with the tanh approximation of GELU; the exact erf GELU differs by up to ~1e-3.
+    return F.gelu(x, approximate="tanh")
+
+
+class MLP(nn.Module):
+    """Two layers with a GELU between. Each of the d_mlp neurons is a key-value memory (see objects.Memory)."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))  # [d_model, d_mlp]: columns are keys
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))  # [d_mlp]
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))  # [d_mlp, d_model]: rows are values
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))  # [d_model]
+        self.act = {"gelu_new": gelu_new, "gelu": F.gelu, "relu": F.relu}[cfg.act_fn]
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.root = lambda: None  # the GPT that owns this MLP (a weak reference), for Memory.top_tokens
+
+    @property
+    def memories(self) -> Memories:
+        return Memories(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, d_model], after ln2
+        pre = self.hook_pre(x @ self.W_in + self.b_in)  # [batch, pos, d_mlp]
+        post = self.hook_post(self.act(pre))  # [batch, pos, d_mlp]
+        return post @ self.W_out + self.b_out  # [batch, pos, d_model]
+
+
+class Block(nn.Module):
+    """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid))."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        if not cfg.attn_only:
+            self.ln2 = LayerNorm(cfg)
+            self.mlp = MLP(cfg, layer)
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid_pre: torch.Tensor) -> torch.Tensor:
+        resid_pre = self.hook_resid_pre(resid_pre)  # [batch, pos, d_model]
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))  # [batch, pos, d_model]
+        if self.cfg.attn_only:
+            return self.hook_resid_post(resid_pre + attn_out)
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)  # [batch, pos, d_model]
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))  # [batch, pos, d_model]
+        return self.hook_resid_post(resid_mid + mlp_out)  # [batch, pos, d_model]
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))  # [d_model, d_vocab]
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))  # [d_vocab]; GPT-2 has none (zeros), fold_ln fills it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model] -> [batch, pos, d_vocab]
+        return x @ self.W_U + self.b_U
+
+
+class GPT(HookedModule):
+    """GPT-2: embed + pos_embed -> n_layers blocks -> ln_final -> unembed.
+
+    `model(tokens)` gives logits [batch, pos, d_vocab]; a string is tokenized first (with BOS, see tokenizer.py).
+    """
+
+    def __init__(self, cfg: GPTConfig, tokenizer=None, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.source = "random init"  # where the weights came from; loading.py sets it
+        self.embed = Embed(cfg)
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(cfg)
+        for block in self.blocks:
+            if not cfg.attn_only:
+                block.mlp.root = weakref.ref(self)
+        self.init_weights(seed)
+        self.setup_hooks()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = 0) -> None:
+        """GPT-2's initialisation: N(0, 0.02), output projections scaled by 1/sqrt(2 n_layers), biases zero."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():
+            if name.endswith(("W_O", "W_out")):
+                p.normal_(0, 0.02 / math.sqrt(2 * self.cfg.n_layers), generator=gen)
+            elif name.split(".")[-1].startswith("W_"):
+                p.normal_(0, 0.02, generator=gen)
+
+    def forward(self, tokens, return_type: str = "logits", stop_at_layer: int | None = None):
+        """tokens: [batch, pos] ids (or a string). return_type: "logits", "loss", "both" or None.
+
+        stop_at_layer=l returns the residual stream before block l (resid_pre of l) instead of logits.
+        """
+        tokens = self.check_tokens(tokens)
+        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+        resid = embed + pos_embed  # [batch, pos, d_model]
+        for block in self.blocks[:stop_at_layer]:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        logits = self.unembed(self.ln_final(resid))  # [batch, pos, d_vocab]
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss(logits, tokens)
+        return loss if return_type == "loss" else (logits, loss)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """Cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]; per_token gives [batch, pos - 1]."""
+        log_probs = logits[:, :-1].log_softmax(-1)  # [batch, pos - 1, d_vocab]
+        nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+        return nll if per_token else nll.mean()
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or isinstance(tokens[0], str)):
+            tokens = self.to_tokens(tokens)
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be an integer tensor [batch, pos] or a string, got {type(tokens).__name__}"
+                            + (f" of {tokens.dtype}" if isinstance(tokens, torch.Tensor) else ""))
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise PromptTooLongError(f"the input has {tokens.shape[1]} positions but the model's context is n_ctx="
+                                     f"{self.cfg.n_ctx}: shorten the prompt or split it")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}), got ids from {lo} to {hi}: "
+                             "were they made by another model's tokenizer?")
+        return tokens
+
+    # Tokenizer conveniences, as on a TransformerLens HookedTransformer.
+    def _tok(self):
+        if self.tokenizer is None:
+            raise MinimechError("this model has no tokenizer: pass token ids, or build it with a Tokenizer")
+        return self.tokenizer
+
+    def to_tokens(self, text, prepend_bos: bool = True) -> torch.Tensor:
+        return self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx)
+
+    def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
+        return self._tok().to_str_tokens(x, prepend_bos=prepend_bos)
+
+    def to_string(self, tokens):
+        return self._tok().to_string(tokens)
+
+    def to_single_token(self, text: str) -> int:
+        return self._tok().to_single_token(text)
+
+    # Weights under TransformerLens's short names, stacked over layers: model.W_Q is [layer, head, d_model, d_head].
+    W_E = property(lambda self: self.embed.W_E)
+    W_pos = property(lambda self: self.pos_embed.W_pos)
+    W_U = property(lambda self: self.unembed.W_U)
+    b_U = property(lambda self: self.unembed.b_U)
+    W_Q = property(lambda self: torch.stack([b.attn.W_Q for b in self.blocks]))
+    W_K = property(lambda self: torch.stack([b.attn.W_K for b in self.blocks]))
+    W_V = property(lambda self: torch.stack([b.attn.W_V for b in self.blocks]))
+    W_O = property(lambda self: torch.stack([b.attn.W_O for b in self.blocks]))
+    W_in = property(lambda self: torch.stack([b.mlp.W_in for b in self.blocks]))
+    W_out = property(lambda self: torch.stack([b.mlp.W_out for b in self.blocks]))
+
+    def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
+        from .sampling import generate
+
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        kind = "attention-only " if c.attn_only else ""
+        return (f"GPT {c.model_name!r}: {kind}{c.n_layers} layers x {c.n_heads} heads, d_model {c.d_model}, "
+                f"d_head {c.d_head}" + ("" if c.attn_only else f", d_mlp {c.d_mlp}")
+                + f", n_ctx {c.n_ctx}, d_vocab {c.d_vocab} ({self.source})")
