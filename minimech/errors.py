@@ -1,0 +1,2 @@
+class MinimechError(Exception):
+    """Base class of every error minimech raises on purpose; the CLI prints it as one line."""
