@@ -19,6 +19,7 @@ from .config import GPTConfig
 from .errors import MinimechError
 from .hooks import HookedModule, HookPoint
 from .objects import Heads, Memories
+from .tokenizer import PromptTooLongError
 
 # Every hook's shape, by name; "{l}" is any layer. tests/test_model.py runs a model whose sizes all differ and checks
 # each cached activation against this table. hook_result exists only when asked for (it is n_heads x attn_out).
@@ -46,10 +47,6 @@ HOOK_SHAPES = {
     "ln_final.hook_scale": ("batch", "pos", 1),
     "ln_final.hook_normalized": ("batch", "pos", "d_model"),
 }
-
-
-class PromptTooLongError(MinimechError):
-    """More positions than the model's context n_ctx."""
 
 
 class Embed(nn.Module):
