@@ -60,9 +60,10 @@ class GPTConfig:
 
     def n_params(self, embeddings: bool = True) -> int:
         """Parameter count as minimech stores it (W_U counted separately from W_E even when HF ties them)."""
-        per_block = 4 * self.n_heads * self.d_head * (self.d_model + 1) + self.d_model + 2 * 2 * self.d_model
+        hd = self.n_heads * self.d_head
+        per_block = 4 * hd * self.d_model + 3 * hd + self.d_model + 2 * self.d_model  # attention + its biases + ln1
         if not self.attn_only:
-            per_block += 2 * self.d_model * self.d_mlp + self.d_mlp + self.d_model
+            per_block += 2 * self.d_model * self.d_mlp + self.d_mlp + self.d_model + 2 * self.d_model  # mlp + ln2
         total = self.n_layers * per_block + 2 * self.d_model
         if embeddings:
             total += 2 * self.d_vocab * self.d_model + self.n_ctx * self.d_model + self.d_vocab

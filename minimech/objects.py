@@ -49,10 +49,13 @@ class FactoredMatrix:
         return FactoredMatrix(other @ self.A, self.B)
 
     def eigenvalues(self) -> torch.Tensor:
-        """The non-zero eigenvalues of A @ B (complex in general), from the d_inner x d_inner matrix B @ A."""
+        """Eigenvalues of A @ B (complex in general). AB and BA share their non-zero eigenvalues, so when the inner
+        dimension is the smaller one they come from the small d_inner x d_inner matrix B @ A."""
         if self.shape[0] != self.shape[1]:
             raise ValueError(f"eigenvalues need a square matrix; this one is {self.shape}")
-        return torch.linalg.eigvals(self.BA.double()).to(torch.complex64)
+        small = self.BA if self.A.shape[-1] <= self.shape[0] else self.AB
+        complex_dtype = torch.complex128 if small.dtype == torch.float64 else torch.complex64
+        return torch.linalg.eigvals(small.double()).to(complex_dtype)
 
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """U, S, Vh of A @ B with only the d_inner non-trivial singular vectors, computed from QR of the factors."""

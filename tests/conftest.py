@@ -1,0 +1,46 @@
+"""Shared helpers: small random models whose every parameter (biases and LayerNorms included) is random."""
+
+import pytest
+import torch
+
+from minimech import GPT, GPTConfig
+
+# Every dimension differs, so a transposed or mislabelled axis cannot hide: batch 2, pos 7, head 3, d_head 5,
+# d_model 11, d_mlp 13, d_vocab 17 (and n_ctx 19, n_layers 2).
+ODD = GPTConfig(n_layers=2, n_heads=3, d_head=5, d_model=11, d_mlp=13, n_ctx=19, d_vocab=17, model_name="odd")
+ODD_DIMS = {"batch": 2, "pos": 7, "head": 3, "d_head": 5, "d_model": 11, "d_mlp": 13, "d_vocab": 17}
+
+
+def random_model(cfg: GPTConfig, seed: int = 0) -> GPT:
+    """A model with every parameter random (biases and LN weights too, which GPT-2's init leaves at 0 and 1)."""
+    model = GPT(cfg, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".w",)):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif not name.split(".")[-1].startswith("W_"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-2] ** 0.5 if p.ndim > 1 else p)
+    return model.eval()
+
+
+def random_tokens(cfg: GPTConfig, batch: int, pos: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before: dict) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"parameter {k} changed"
+
+
+@pytest.fixture
+def odd_model():
+    return random_model(ODD, seed=3)
