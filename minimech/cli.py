@@ -1,0 +1,199 @@
+"""The `minimech` command line: look at a model, run a prompt through it, download weights.
+
+    minimech info [MODEL]                          config, parameter count, where the weights came from
+    minimech run "The cat sat on the" -k 10        the prompt's tokens and the top next tokens
+    minimech run "Once upon a time" --generate 20  ... and a greedy continuation
+    minimech fetch gpt2 [--dest DIR]               download a model's weights
+
+MODEL is a preset name (gpt2, ...) or a path; without one, the model shipped with minimech.
+
+This is the only module that prints or exits. Every error minimech raises on purpose (MinimechError), a missing
+file and Ctrl-C end the command with one line on stderr, `minimech: error: ...`, and exit status 1 (usage errors:
+argparse's message and status 2). Set MINIMECH_DEBUG=1 to see the traceback instead.
+
+Adding a subcommand: write one function `cmd_NAME(args) -> int | None` and decorate it with
+`@command("NAME", "one-line help", arg(...), ...)`, where each `arg(...)` takes ArgumentParser.add_argument's
+arguments. main() builds the parser from the COMMANDS registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .errors import MinimechError
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], "int | None"]
+    arguments: list[tuple[tuple, dict]] = field(default_factory=list)
+
+
+COMMANDS: dict[str, Command] = {}  # name -> Command, in the order they are registered (and shown in --help)
+
+
+def arg(*flags, **kwargs) -> tuple[tuple, dict]:
+    """One argument of a subcommand, as ArgumentParser.add_argument(*flags, **kwargs) takes it."""
+    return flags, kwargs
+
+
+def command(name: str, help: str, *arguments: tuple[tuple, dict]):
+    """Register the decorated function as the subcommand `name`."""
+    def register(fn):
+        COMMANDS[name] = Command(name, help, fn, list(arguments))
+        return fn
+    return register
+
+
+MODEL_HELP = "a preset name (e.g. gpt2) or a path to weights; default: the model shipped with minimech"
+
+
+def load_model(name_or_path: str | None):
+    """Load a model as every subcommand does (imported here, so the CLI starts even before loading.py exists)."""
+    from .loading import load
+
+    return load(name_or_path)
+
+
+def print_table(header: list[str], rows: list[list], align: str) -> None:
+    """A plain text table; align has one letter per column, "<" (left) or ">" (right)."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        line = "  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths))
+        print("  " + line.rstrip())
+
+
+# ---- subcommands ----------------------------------------------------------------------------------------------
+
+@command("info", "show a model's config, parameter count, weights' origin and tokenizer",
+         arg("model", nargs="?", default=None, help=MODEL_HELP))
+def cmd_info(args) -> int:
+    model = load_model(args.model)
+    cfg = model.cfg
+    print(f"model: {cfg.model_name}")
+    print(f"weights from: {model.source}")
+    print("config:")
+    fields = cfg.to_dict()
+    width = max(map(len, fields))
+    for name, value in fields.items():
+        print(f"  {name:<{width}}  {value}")
+    actual = sum(p.numel() for p in model.parameters())
+    print(f"parameters: {actual:,} in the model; cfg.n_params() = {cfg.n_params():,} "
+          f"(without embeddings {cfg.n_params(embeddings=False):,})")
+    if actual != cfg.n_params():
+        print(f"  note: the model holds {actual - cfg.n_params():+,} parameters more than the config predicts")
+    tok = model.tokenizer
+    if tok is None:
+        print("tokenizer: none (the model takes token ids only)")
+    elif tok.vocab is None:
+        print(f"tokenizer: GPT-2 BPE, full vocabulary of {tok.n_vocab:,} tokens (<|endoftext|> = {tok.eot_id})")
+    else:
+        unk = "no unknown token" if tok.unk_id is None else f"unknown token = {tok.unk_id}"
+        print(f"tokenizer: GPT-2 BPE, compact vocabulary of {tok.n_vocab:,} of GPT-2's {50257:,} tokens "
+              f"(<|endoftext|> = {tok.eot_id}, {unk})")
+    if tok is not None and tok.n_vocab != cfg.d_vocab:
+        print(f"  note: the tokenizer has {tok.n_vocab:,} tokens but the model's d_vocab is {cfg.d_vocab:,}")
+    return 0
+
+
+@command("run", "run a prompt: its tokens, the top-k next tokens, and optionally a greedy continuation",
+         arg("prompt", help="the text to run"),
+         arg("--model", "-m", default=None, help=MODEL_HELP),
+         arg("-k", "--top-k", dest="k", type=int, default=10, help="how many next tokens to show (default 10)"),
+         arg("--no-bos", action="store_true", help="do not prepend <|endoftext|> as BOS (see tokenizer.py)"),
+         arg("--generate", type=int, default=0, metavar="N", help="also generate N tokens greedily"))
+def cmd_run(args) -> int:
+    if args.k < 1:
+        raise MinimechError(f"-k must be at least 1, got {args.k}")
+    if args.generate < 0:
+        raise MinimechError(f"--generate must be at least 0, got {args.generate}")
+    model = load_model(args.model)
+    tokens = model.to_tokens(args.prompt, prepend_bos=not args.no_bos)  # [1, pos]
+    bos = "" if args.no_bos else ", BOS prepended"
+    print(f"prompt: {args.prompt!r} ({tokens.shape[1]} tokens{bos})")
+    print_table(["pos", "id", "token"],
+                [[i, t, repr(model.tokenizer.id_to_str(t))] for i, t in enumerate(tokens[0].tolist())], ">><")
+
+    with torch.no_grad():
+        logits = model(tokens)[0, -1].float()  # [d_vocab]: the prediction after the last token
+    probs = logits.softmax(-1)
+    k = min(args.k, probs.shape[0])
+    top = probs.topk(k)
+    print(f"\ntop {k} next tokens:")
+    rows = [[rank, f"{p:.6f}", f"{logits[i]:.3f}", i, repr(model.tokenizer.id_to_str(i))]
+            for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1)]
+    print_table(["rank", "prob", "logit", "id", "token"], rows, ">>>><")
+    print(f"  (these {k} hold {top.values.sum():.4f} of the probability)")
+
+    if args.generate:
+        from .sampling import generate
+
+        text = generate(model, args.prompt, args.generate, greedy=True, prepend_bos=not args.no_bos)
+        print(f"\ngreedy continuation ({args.generate} tokens at most, stops at <|endoftext|>):")
+        print(text)
+    return 0
+
+
+@command("fetch", "download a model's weights",
+         arg("name", help="the model to download, e.g. gpt2"),
+         arg("--dest", default=None, metavar="DIR", help="where to put it (default: minimech's cache)"))
+def cmd_fetch(args) -> int:
+    from .loading import fetch
+
+    path = fetch(args.name, dest=args.dest, progress=True)
+    print(path)
+    return 0
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimech", description="A readable GPT-2 for mechanistic interpretability.")
+    parser.add_argument("--version", action="version", version=f"minimech {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for flags, kwargs in cmd.arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def error(message: str) -> int:
+    print(f"minimech: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (status 2), --help and --version (status 0)
+        return e.code if isinstance(e.code, int) else 1
+    debug = os.environ.get("MINIMECH_DEBUG", "") not in ("", "0")
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return error("interrupted")
+    except (MinimechError, OSError) as e:  # OSError: a missing or unreadable file, a failed download
+        if debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # always one line
+        return error(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
