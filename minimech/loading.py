@@ -17,7 +17,7 @@ import importlib.resources
 import json
 import os
 import re
-import sys
+import warnings
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -213,7 +213,7 @@ def _load_hf(directory: Path, weights: Path, model_name: str, device, dtype) -> 
     except TypeError as e:  # e.g. a string where a number belongs
         raise ConfigError(f"{config} has a malformed field ({e}): restore the original config.json") from None
     params = hf_to_minimech(_read_tensors(weights), cfg, what=str(weights))
-    model = GPT(cfg, tokenizer=Tokenizer() if cfg.d_vocab == GPT2_N_VOCAB else None)
+    model = GPT(cfg, tokenizer=Tokenizer() if cfg.d_vocab == GPT2_N_VOCAB else None, init=False)
     model.load_state_dict(params)
     model.source = str(weights)
     return model.to(device=device, dtype=dtype).eval()
@@ -240,7 +240,7 @@ def _load_card(directory: Path, verify: bool, device, dtype) -> GPT:
                 " Restore the file (`git checkout weights/...` in a source checkout, or pip install --force-reinstall"
                 " minimech), or re-save it with minimech.loading.save if you changed it on purpose.")
     params = _read_tensors(weights)
-    model = GPT(cfg, tokenizer=_card_tokenizer(card.get("vocab"), cfg, card_path))
+    model = GPT(cfg, tokenizer=_card_tokenizer(card.get("vocab"), cfg, card_path), init=False)
     _check_tensors(params, {k: tuple(v.shape) for k, v in model.state_dict().items()}, str(weights))
     model.load_state_dict(params)
     model.source = str(directory)
@@ -489,5 +489,5 @@ def fetch(name: str, dest=None, progress: bool = True, *, base_url: str = HF_BAS
             target.unlink()
             raise ChecksumError(f"{url}: git blob id differs from the manifest's {sha1}; deleted it; run fetch again")
         if sha256 is None and sha1 is None:
-            print(f"{target}: unverified: no published checksum in the manifest", file=sys.stderr)
+            warnings.warn(f"{target}: unverified: no published checksum in the manifest", stacklevel=2)
     return dest

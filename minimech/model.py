@@ -117,11 +117,16 @@ class Attention(nn.Module):
         q = self.hook_q(torch.einsum("bpm,hme->bphe", x, self.W_Q) + self.b_Q)  # [batch, pos, head, d_head]
         k = self.hook_k(torch.einsum("bpm,hme->bphe", x, self.W_K) + self.b_K)  # [batch, pos, head, d_head]
         v = self.hook_v(torch.einsum("bpm,hme->bphe", x, self.W_V) + self.b_V)  # [batch, pos, head, d_head]
-        pos = x.shape[1]
-        attn_scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)  # [batch, head, q, k]
-        attn_scores = self.hook_attn_scores(attn_scores.masked_fill(self.mask[:pos, :pos], float("-inf")))
-        pattern = self.hook_pattern(attn_scores.softmax(dim=-1))  # [batch, head, q_pos, k_pos]
-        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))  # [batch, pos, head, d_head]
+        if self.hook_attn_scores.is_hooked or self.hook_pattern.is_hooked:
+            pos = x.shape[1]
+            attn_scores = torch.einsum("bqhe,bkhe->bhqk", q / math.sqrt(self.cfg.d_head), k)  # [batch, head, q, k]
+            attn_scores = self.hook_attn_scores(attn_scores.masked_fill_(self.mask[:pos, :pos], float("-inf")))
+            pattern = self.hook_pattern(attn_scores.softmax(dim=-1))  # [batch, head, q_pos, k_pos]
+            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # [batch, pos, head, d_head]
+        else:  # nobody reads the pattern: the same maths fused by torch, never holding a [q_pos, k_pos] tensor
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # [batch, pos, head, d_head]
+        z = self.hook_z(z)
         if self.hook_result.is_hooked:  # each head's own write to the residual stream, only when asked for
             result = self.hook_result(torch.einsum("bqhe,hem->bqhm", z, self.W_O))  # [batch, pos, head, d_model]
             return result.sum(dim=2) + self.b_O
@@ -202,7 +207,7 @@ class GPT(HookedModule):
     `model(tokens)` gives logits [batch, pos, d_vocab]; a string is tokenized first (with BOS, see tokenizer.py).
     """
 
-    def __init__(self, cfg: GPTConfig, tokenizer=None, seed: int | None = 0):
+    def __init__(self, cfg: GPTConfig, tokenizer=None, seed: int | None = 0, init: bool = True):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -217,7 +222,8 @@ class GPT(HookedModule):
         for block in self.blocks:
             if not cfg.attn_only:
                 block.mlp.root = weakref.ref(self)
-        self.init_weights(seed)
+        if init:  # loading passes init=False: the weights are about to be overwritten
+            self.init_weights(seed)
         self.setup_hooks()
 
     @torch.no_grad()

@@ -190,3 +190,16 @@ def test_from_hf_config_matches_transformers():
 def test_model_file_stays_readable():
     lines = (Path(minimech.__file__).parent / "model.py").read_text().splitlines()
     assert len(lines) <= 350, f"model.py has {len(lines)} lines; the budget is 350 (move helpers elsewhere)"
+
+
+@torch.no_grad()
+def test_fused_attention_path_equals_explicit_pattern_path(odd_model):
+    """With no hook on the scores or pattern the model uses torch's fused attention; both paths must agree."""
+    tokens = random_tokens(ODD, 2, 7, seed=4)
+    plain = odd_model(tokens)
+    zs = {}
+    with odd_model.hooks([(("z", 1), lambda z, hook: zs.setdefault("fused", z))]):
+        odd_model(tokens)
+    logits, cache = odd_model.run_with_cache(tokens)  # caches the pattern: the explicit path
+    torch.testing.assert_close(plain, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(zs["fused"], cache["z", 1], atol=1e-5, rtol=1e-5)
