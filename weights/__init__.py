@@ -1,0 +1,1 @@
+"""The shipped models and the GPT-2 manifest: data, installed as the package `minimech.weights`."""
