@@ -1,0 +1,1 @@
+"""Training minimech's own small models: corpus generators, the training loop and the phenomenon metrics."""
