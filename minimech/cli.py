@@ -4,6 +4,7 @@
     minimech run "The cat sat on the" -k 10        the prompt's tokens and the top next tokens
     minimech run "Once upon a time" --generate 20  ... and a greedy continuation
     minimech fetch gpt2 [--dest DIR]               download a model's weights
+    minimech train attn-only-2l [--steps N]        train a shipped model from its recipe
 
 MODEL is a preset name (gpt2, ...) or a path; without one, the model shipped with minimech.
 
@@ -152,6 +153,27 @@ def cmd_fetch(args) -> int:
 
     path = fetch(args.name, dest=args.dest, progress=True)
     print(path)
+    return 0
+
+
+@command("train", "train one of minimech's shipped models from scratch with its recipe",
+         arg("recipe", help="the recipe, e.g. attn-only-2l (see minimech/training/recipes.py)"),
+         arg("--steps", type=int, default=None, help="override the recipe's number of steps"),
+         arg("--seed", type=int, default=0, help="seed for data and initialisation (default 0)"),
+         arg("--out", default=None, metavar="DIR", help="where to save (default ./minimech-out/models/RECIPE)"),
+         arg("--threads", type=int, default=None, help="torch threads (default: torch's choice)"))
+def cmd_train(args) -> int:
+    from .loading import save
+    from .training.recipes import get, train_recipe
+
+    get(args.recipe)  # an unknown recipe fails before any work
+    if args.steps is not None and args.steps < 1:
+        raise MinimechError(f"--steps must be at least 1, got {args.steps}")
+    model, card = train_recipe(args.recipe, steps=args.steps, seed=args.seed, threads=args.threads)
+    out = save(model, args.out or f"minimech-out/models/{args.recipe}", card_extra=card)
+    print(f"trained {args.recipe} (seed {args.seed}) for {card['training']['steps']} steps in "
+          f"{card['training']['wall_time_s']:.0f} s; saved to {out}")
+    print_table(["metric", "final"], [[k, f"{v:.4f}"] for k, v in card["metrics"].items()], "<>")
     return 0
 
 

@@ -1,0 +1,142 @@
+"""Recipes for minimech's shipped models: which config, which data, how long, which metrics.
+
+    minimech train attn-only-2l            # the recipe as shipped (seed 0)
+    minimech train attn-only-2l --steps 600 --seed 1 --out /tmp/m
+
+A recipe is data, not code: `build_data` turns it into token rows, `evaluator` into the phenomenon metrics logged
+during training, and `train_recipe` into a model saved with a card (config, vocabulary, corpus, seed, steps, wall
+time, torch version, metrics over training and final, sha256). The same seed gives the same data and the same
+initialisation; CPU float results can still differ across torch versions and thread counts.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..config import GPTConfig
+from ..errors import MinimechError
+from ..model import GPT
+from ..tokenizer import Tokenizer, load_encoding
+from .corpus import Corpus, build_vocab, induction_rows, pack_documents
+from .evaluate import fact_metrics, induction_metrics, ioi_metrics
+from .train import TrainLog, TrainSettings, train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    config: dict  # GPTConfig fields; d_vocab comes from the compact vocabulary
+    settings: TrainSettings
+    documents: int = 0  # corpus documents (IOI, facts, narrative), packed into rows of n_ctx tokens
+    mix: dict = field(default_factory=dict)  # kinds of documents and their weights (see Corpus.training_documents)
+    induction_rows: int = 0  # rows of random tokens with copied chunks (the induction signal)
+    induction: dict = field(default_factory=dict)  # chunk_len, n_chunks, gap for induction_rows
+    metrics: tuple = ("induction",)  # which phenomenon metrics to log: induction, ioi, facts
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def recipe(r: Recipe) -> Recipe:
+    RECIPES[r.name] = r
+    return r
+
+
+recipe(Recipe(
+    name="attn-only-2l",
+    description="2 layers, attention only: induction heads from short copied chunks of random tokens",
+    config=dict(n_layers=2, d_model=64, n_heads=4, n_ctx=64, attn_only=True),
+    settings=TrainSettings(steps=3000, batch_size=64, lr=3e-3, warmup=100, eval_every=100, weight_decay=0.01),
+    induction_rows=40_000,
+    induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
+    metrics=("induction",),
+))
+
+recipe(Recipe(
+    name="mini-4l",
+    description="4 layers with MLPs: IOI, factual recall and induction on one small English corpus",
+    config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=96),
+    settings=TrainSettings(steps=6000, batch_size=32, lr=2e-3, warmup=200, eval_every=250, weight_decay=0.05),
+    documents=60_000,
+    mix={"ioi": 0.5, "facts": 0.3, "narrative": 0.2},
+    induction_rows=12_000,
+    induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
+    metrics=("induction", "ioi", "facts"),
+))
+
+
+def get(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise MinimechError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def build_data(r: Recipe, seed: int) -> tuple[torch.Tensor, Tokenizer, Corpus]:
+    """Token rows [n_rows, n_ctx] (shuffled by the trainer), the compact tokenizer and the corpus they came from."""
+    corpus = Corpus(seed=0)  # the held-out split is fixed across seeds: the shipped evaluations depend on it
+    tokenizer = Tokenizer(build_vocab(corpus.vocab_texts(), load_encoding()))
+    n_ctx, parts = r.config["n_ctx"], []
+    if r.documents:
+        docs = corpus.training_documents(r.documents, seed=seed, mix=r.mix)
+        parts.append(pack_documents([tokenizer.encode(d) for d in docs], n_ctx, tokenizer.eot_id))
+    if r.induction_rows:
+        parts.append(induction_rows(r.induction_rows, n_ctx, token_pool(tokenizer), seed=seed,
+                                    bos_id=tokenizer.bos_id, **r.induction))
+    return torch.cat(parts), tokenizer, corpus
+
+
+def token_pool(tokenizer: Tokenizer) -> torch.Tensor:
+    """Every model id but <|endoftext|> and the unknown slot: what random-token rows and probes draw from."""
+    special = {tokenizer.eot_id, tokenizer.unk_id}
+    return torch.tensor([i for i in range(tokenizer.n_vocab) if i not in special])
+
+
+def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
+    """metrics(model) -> dict of floats, on held-out data only (held-out names, frames and paraphrases)."""
+    ioi = corpus.ioi_eval(200, seed=1) if "ioi" in r.metrics else None
+    facts = corpus.fact_eval("heldout") if "facts" in r.metrics else None
+    pool = token_pool(tokenizer)
+
+    def metrics(model: GPT) -> dict[str, float]:
+        out = induction_metrics(model, token_pool=pool) if "induction" in r.metrics else {}
+        if ioi:
+            out.update(ioi_metrics(model, ioi))
+        if facts:
+            out.update(fact_metrics(model, facts))
+        return out
+
+    return metrics
+
+
+def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
+                 threads: int | None = None) -> tuple[GPT, dict]:
+    """Train a recipe from scratch; returns the model and its card (without sha256, which save() adds)."""
+    r = get(name)
+    if threads:
+        torch.set_num_threads(threads)
+    settings = replace(r.settings, seed=seed, **({"steps": steps} if steps else {}))
+    data, tokenizer, corpus = build_data(r, seed)
+    cfg = GPTConfig(**r.config, d_vocab=tokenizer.n_vocab)
+    model = GPT(cfg, tokenizer=tokenizer, seed=seed)
+    log: TrainLog = train(model, data, settings, evaluator(r, corpus, tokenizer), progress=progress)
+    card = {
+        "name": r.name, "description": r.description,
+        "recipe": {"name": r.name, "seed": seed, "settings": asdict(settings), "documents": r.documents,
+                   "mix": r.mix, "induction_rows": r.induction_rows,
+                   "induction": {k: list(v) for k, v in r.induction.items()}, "rows": len(data)},
+        "corpus": corpus.describe(),
+        "training": {"steps": settings.steps, "tokens_seen": settings.steps * settings.batch_size * cfg.n_ctx,
+                     "wall_time_s": round(log.wall_time_s, 1), "threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "python": platform.python_version(),
+                     "date": time.strftime("%Y-%m-%d")},
+        "history": log.history,
+        "metrics": {k: v for k, v in log.history[-1].items() if k not in ("step", "lr")},
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
+    return model, card
