@@ -1,5 +1,6 @@
 """The `minimech` command line: look at a model, run a prompt through it, download weights.
 
+    minimech tour                                  the main job: a tour of the shipped models, PNGs in ./minimech-out
     minimech info [MODEL]                          config, parameter count, where the weights came from
     minimech run "The cat sat on the" -k 10        the prompt's tokens and the top next tokens
     minimech run "Once upon a time" --generate 20  ... and a greedy continuation
@@ -75,6 +76,22 @@ def print_table(header: list[str], rows: list[list], align: str) -> None:
 
 
 # ---- subcommands ----------------------------------------------------------------------------------------------
+
+@command("tour", "the main job: a one-minute tour of the shipped models, with PNG plots",
+         arg("--out", default="minimech-out", metavar="DIR", help="where to write the plots (default ./minimech-out)"))
+def cmd_tour(args) -> int:
+    from .tour import run_tour
+
+    tour = run_tour(args.out)
+    for section in tour.sections:
+        print(f"\n== {section.title}")
+        for line in section.lines:
+            print(f"  {line}")
+    print("\nplots:")
+    for path in tour.files:
+        print(f"  {path}")
+    return 0
+
 
 @command("info", "show a model's config, parameter count, weights' origin and tokenizer",
          arg("model", nargs="?", default=None, help=MODEL_HELP))

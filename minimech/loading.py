@@ -244,6 +244,7 @@ def _load_card(directory: Path, verify: bool, device, dtype) -> GPT:
     _check_tensors(params, {k: tuple(v.shape) for k, v in model.state_dict().items()}, str(weights))
     model.load_state_dict(params)
     model.source = str(directory)
+    model.card = card  # what it was trained on, how, and what it does (see weights/README.md)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -348,10 +349,21 @@ def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32,
         return _load_dir(path, None, verify, device, dtype)
     if name in PRESETS:
         return _load_name(name, verify, device, dtype)
+    if name in shipped_models():
+        model = _load_dir(weights_dir() / name, name, verify, device, dtype)
+        model.source = f"{name} (shipped with minimech): {model.source}"
+        return model
     if path.exists():
         return _load_dir(path, None, verify, device, dtype)  # raises, saying what the folder lacks
-    raise WeightsNotFoundError(f"{str(name_or_path)!r} is neither an existing file or folder nor a preset name "
-                               f"({', '.join(PRESETS)})")
+    raise WeightsNotFoundError(f"{str(name_or_path)!r} is neither an existing file or folder nor a model name: "
+                               f"shipped models: {', '.join(shipped_models()) or 'none'}; presets: "
+                               f"{', '.join(PRESETS)}")
+
+
+def shipped_models() -> list[str]:
+    """Names of the small models shipped in weights/ (each a folder with card.json + model.safetensors)."""
+    root = weights_dir()
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "card.json").is_file()) if root.is_dir() else []
 
 
 # ---- minimech's own format -----------------------------------------------------------------------------------------

@@ -212,6 +212,7 @@ class GPT(HookedModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.source = "random init"  # where the weights came from; loading.py sets it
+        self.card: dict = {}  # a shipped model's card (training, metrics, mechanisms); loading.py fills it
         self.embed = Embed(cfg)
         self.pos_embed = PosEmbed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]

@@ -211,22 +211,38 @@ def test_induction_rows():
     assert short.shape == (8, 12) and (short[:, 0] == 7).all()
 
 
-def test_pack_documents():
-    eot = 99
-    docs = [[1, 2, 3], [4, 5], list(range(10, 30)), [6], [7, 8, 9, 10, 11, 12, 13]]
-    rows = C.pack_documents(docs, n_ctx=10, eot_id=eot)
-    assert rows.shape[1] == 10 and (rows[:, 0] == eot).all()
-    unpacked = []
+def _unpack(rows, eot):
+    docs = []
     for row in rows.tolist():
-        parts, cur = [], []
+        cur = []
         for t in row[1:] + [eot]:
             if t == eot:
                 if cur:
-                    parts.append(cur)
+                    docs.append(cur)
                 cur = []
             else:
                 cur.append(t)
-        unpacked += parts
-    assert unpacked == [d[:9] for d in docs]  # order kept, nothing split, the long doc truncated to n_ctx - 1
+    return docs
+
+
+def test_pack_documents():
+    eot = 99
+    docs = [[1, 2, 3], [4, 5], list(range(10, 30)), [6], [7, 8, 9, 10, 11, 12, 13]]
+    rows = C.pack_documents(docs, n_ctx=10, eot_id=eot, open_rows=1)
+    assert rows.shape[1] == 10 and (rows[:, 0] == eot).all()
+    # one open row: order kept, nothing split, the long doc truncated to n_ctx - 1
+    assert _unpack(rows, eot) == [d[:9] for d in docs]
     assert rows.tolist()[0] == [eot, 1, 2, 3, eot, 4, 5, eot, eot, eot]
     assert C.pack_documents([], 10, eot).shape == (0, 10)
+
+
+def test_pack_documents_first_fit_fills_tails():
+    import random
+    rng = random.Random(0)
+    eot, n_ctx = 999, 32
+    docs = [[rng.randrange(500) for _ in range(rng.randint(3, 25))] for _ in range(400)]
+    tight = C.pack_documents(docs, n_ctx, eot)
+    loose = C.pack_documents(docs, n_ctx, eot, open_rows=1)
+    assert (tight[:, 0] == eot).all()
+    assert sorted(map(tuple, _unpack(tight, eot))) == sorted(map(tuple, docs))  # every doc once, none split
+    assert len(tight) < 0.9 * len(loose)  # fewer rows: the tails are filled

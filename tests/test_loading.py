@@ -235,7 +235,7 @@ def test_missing_config_and_missing_weights(tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"has a config\.json but no weights"):
         load(d)
-    with pytest.raises(WeightsNotFoundError, match="neither an existing file or folder nor a preset"):
+    with pytest.raises(WeightsNotFoundError, match="neither an existing file or folder nor a model name"):
         load(tmp_path / "nowhere")
 
 

@@ -24,6 +24,7 @@ from ..model import GPT
 from ..tokenizer import Tokenizer, load_encoding
 from .corpus import Corpus, build_vocab, induction_rows, pack_documents
 from .evaluate import fact_metrics, induction_metrics, ioi_metrics
+from .report import mechanism_report
 from .train import TrainLog, TrainSettings, train
 
 
@@ -50,10 +51,13 @@ def recipe(r: Recipe) -> Recipe:
 
 recipe(Recipe(
     name="attn-only-2l",
-    description="2 layers, attention only: induction heads from short copied chunks of random tokens",
+    description="2 layers, attention only: induction heads from short chunks of random tokens, each copied once "
+                "at a random gap, written into rows of simple English",
     config=dict(n_layers=2, d_model=64, n_heads=4, n_ctx=64, attn_only=True),
-    settings=TrainSettings(steps=3000, batch_size=64, lr=3e-3, warmup=100, eval_every=100, weight_decay=0.01),
-    induction_rows=40_000,
+    settings=TrainSettings(steps=24000, batch_size=8, lr=1e-3, warmup=100, eval_every=500, weight_decay=0.01),
+    documents=40_000,
+    mix={"ioi": 0.3, "facts": 0.2, "narrative": 0.5},
+    induction_rows=-1,  # -1: write the chunks into every row of packed English (no separate random rows)
     induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
     metrics=("induction",),
 ))
@@ -61,11 +65,11 @@ recipe(Recipe(
 recipe(Recipe(
     name="mini-4l",
     description="4 layers with MLPs: IOI, factual recall and induction on one small English corpus",
-    config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=96),
-    settings=TrainSettings(steps=6000, batch_size=32, lr=2e-3, warmup=200, eval_every=250, weight_decay=0.05),
-    documents=60_000,
-    mix={"ioi": 0.5, "facts": 0.3, "narrative": 0.2},
-    induction_rows=12_000,
+    config=dict(n_layers=4, d_model=64, n_heads=4, n_ctx=64),
+    settings=TrainSettings(steps=24000, batch_size=16, lr=1e-3, warmup=200, eval_every=1000, weight_decay=0.01),
+    documents=120_000,
+    mix={"ioi": 0.5, "facts": 0.25, "narrative": 0.25},
+    induction_rows=20_000,  # rows of narrative English with chunks of random tokens copied at random gaps
     induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
     metrics=("induction", "ioi", "facts"),
 ))
@@ -78,17 +82,34 @@ def get(name: str) -> Recipe:
 
 
 def build_data(r: Recipe, seed: int) -> tuple[torch.Tensor, Tokenizer, Corpus]:
-    """Token rows [n_rows, n_ctx] (shuffled by the trainer), the compact tokenizer and the corpus they came from."""
+    """Token rows [n_rows, n_ctx] (shuffled by the trainer), the compact tokenizer and the corpus they came from.
+
+    Induction rows are rows of packed narrative English into which chunks of random tokens (drawn from the whole
+    vocabulary, held-out names included: the only place they occur) are written and copied once at a random gap.
+    induction_rows=-1 writes the chunks into every row of the packed documents instead.
+    """
     corpus = Corpus(seed=0)  # the held-out split is fixed across seeds: the shipped evaluations depend on it
     tokenizer = Tokenizer(build_vocab(corpus.vocab_texts(), load_encoding()))
     n_ctx, parts = r.config["n_ctx"], []
-    if r.documents:
-        docs = corpus.training_documents(r.documents, seed=seed, mix=r.mix)
-        parts.append(pack_documents([tokenizer.encode(d) for d in docs], n_ctx, tokenizer.eot_id))
+
+    def packed(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:
+        docs = corpus.training_documents(n_docs, seed=doc_seed, mix=mix)
+        return pack_documents([tokenizer.encode(d) for d in docs], n_ctx, tokenizer.eot_id)
+
+    rows = packed(r.documents, r.mix, seed) if r.documents else None
+    if r.induction_rows == -1:
+        return with_chunks(rows, tokenizer, seed, r.induction), tokenizer, corpus
+    if rows is not None:
+        parts.append(rows)
     if r.induction_rows:
-        parts.append(induction_rows(r.induction_rows, n_ctx, token_pool(tokenizer), seed=seed,
-                                    bos_id=tokenizer.bos_id, **r.induction))
+        filler = packed(r.induction_rows * 2, {"narrative": 1.0}, seed + 10_000)[: r.induction_rows]
+        parts.append(with_chunks(filler, tokenizer, seed + 1, r.induction))
     return torch.cat(parts), tokenizer, corpus
+
+
+def with_chunks(filler: torch.Tensor, tokenizer: Tokenizer, seed: int, induction: dict) -> torch.Tensor:
+    return induction_rows(len(filler), filler.shape[1], token_pool(tokenizer), seed=seed, bos_id=tokenizer.bos_id,
+                          filler=filler, **induction)
 
 
 def token_pool(tokenizer: Tokenizer) -> torch.Tensor:
@@ -138,5 +159,6 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
         "history": log.history,
         "metrics": {k: v for k, v in log.history[-1].items() if k not in ("step", "lr")},
         "n_params": sum(p.numel() for p in model.parameters()),
+        "mechanisms": mechanism_report(model, corpus, token_pool(tokenizer), r.metrics),
     }
     return model, card
