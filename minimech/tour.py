@@ -93,14 +93,15 @@ def run_tour(out_dir: str | Path = "minimech-out") -> Tour:
     induction_section(tour, model, name, out)
 
     corpus = Corpus(seed=0)
-    examples = corpus.ioi_eval(4, seed=7)
-    s = tour.add("Indirect object identification on held-out names and sentence frames (logit IO - logit S)")
+    examples = corpus.ioi_eval(4, seed=7, names="train", frames="heldout")
+    s = tour.add("Indirect object identification in sentence frames never seen in training (logit IO - logit S)")
     for e, d in zip(examples, logit_diffs(model, [e.prompt for e in examples], [e.io for e in examples],
                                           [e.s for e in examples]).tolist()):
         s.lines.append(f"{d:+6.2f}  {e.prompt} [{e.io.strip()}]")
-    m = ioi_metrics(model, corpus.ioi_eval(100, seed=1))
-    s.lines.append(f"over 100 held-out prompts: mean logit diff {m['ioi_logit_diff']:.2f}, "
-                   f"IO above S in {m['ioi_accuracy']:.0%}")
+    for names, what in (("train", "names seen in training"), ("heldout", "held-out names (never in a sentence)")):
+        m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
+        s.lines.append(f"100 prompts, held-out frames, {what}: mean logit diff {m['ioi_logit_diff']:.2f}, "
+                       f"IO above S in {m['ioi_accuracy']:.0%}")
 
     prompt, answer, subject = FACT
     trace = causal_trace(model, prompt, answer, subject, samples=5, kinds=("mlp",))

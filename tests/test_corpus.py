@@ -23,7 +23,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def generated(corpus):
-    return corpus._generate(5000, seed=1)
+    return corpus.generate(5000, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_ioi_mix(generated):
     assert variants["one_name"] and variants["three_name"]
     kinds = Counter(meta["kind"] for _, meta in generated)
     assert kinds["ioi"] > kinds["facts"] > kinds["narrative"] > 0
-    assert all(m["kind"] == "narrative" for _, m in C.Corpus()._generate(50, 0, {"narrative": 1.0}))
+    assert all(m["kind"] == "narrative" for _, m in C.Corpus().generate(50, 0, {"narrative": 1.0}))
 
 
 def test_round_trip_and_plain_text(corpus, generated, enc):

@@ -69,13 +69,17 @@ PARAPHRASES = {
                  "In {X}, most people speak", "{X}'s citizens speak", "In {X}, people speak",
                  "{X}'s most spoken language is"],
     "continent": ["{X} is located in", "{X} is a country in", "{X} can be found in", "{X} is situated in",
-                  "{X} lies in", "{X} is a country located in"],
+                  "{X} is a country situated in", "{X} is a country located in"],
 }
 RELATION_COLUMN = {"capital": 1, "language": 2, "continent": 3}
 # The last two paraphrases of each relation are held out. They are new combinations of words the training
 # paraphrases use ("capital city" + "'s ... is"), never new words: a model cannot know what an unseen word means,
 # so only recombination is a fair test of recall that goes through the subject rather than the template.
 HELDOUT_PARAPHRASES_PER_RELATION = 2
+# Words of earlier corpus versions that the shipped models' vocabularies hold: kept so that their recipes still build
+# the same vocabulary. "lies" was in the held-out paraphrase "{X} lies in", replaced because the training
+# paraphrases never use "lies" (a new word, not a recombination).
+RETIRED_TOKENS = [" lies"]
 
 # Narrative blocks; {he}/{his}/{him} follow the main character's gender, {Y} is a second character.
 STORY_INTROS = [
@@ -288,7 +292,7 @@ class Corpus:
         return _fix_articles(" ".join(b.format(**slots) for b in blocks))
 
     # ------------------------------------------------------------------------------------ training data
-    def _generate(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[tuple[str, dict]]:
+    def generate(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[tuple[str, dict]]:
         """(document, metadata) pairs; metadata records the frames and paraphrases used, for the tests."""
         mix = mix or DEFAULT_MIX
         rng = _rng(self.seed, "train", seed)
@@ -310,7 +314,7 @@ class Corpus:
 
     def training_documents(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[str]:
         """n documents of a few sentences each, kinds drawn by `mix` weights; training names/frames/paraphrases only."""
-        return [doc for doc, _ in self._generate(n, seed, mix)]
+        return [doc for doc, _ in self.generate(n, seed, mix)]
 
     # ------------------------------------------------------------------------------------ documentation
     def describe(self) -> dict:
@@ -345,7 +349,7 @@ class Corpus:
                       for c in ("France", "the United States")]
         texts = [re.sub(r"\{\w+\}", "Mary", t) for t in templates] + slot_values
         texts += [v + p for v in slot_values for p in (".", ",", "'s", "'")]
-        return sorted({x for t in texts for x in (t, " " + t, _cap(t), " " + _cap(t))})
+        return sorted({x for t in texts for x in (t, " " + t, _cap(t), " " + _cap(t))} | set(RETIRED_TOKENS))
 
 
 # ------------------------------------------------------------------------------------------- token-level data

@@ -12,6 +12,7 @@ initialisation; CPU float results can still differ across torch versions and thr
 from __future__ import annotations
 
 import platform
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ class Recipe:
     induction_rows: int = 0  # rows of random tokens with copied chunks (the induction signal)
     induction: dict = field(default_factory=dict)  # chunk_len, n_chunks, gap for induction_rows
     metrics: tuple = ("induction",)  # which phenomenon metrics to log: induction, ioi, facts
+    random_names: float = 0.0  # fraction of IOI documents whose names become random tokens (see build_data)
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -54,11 +56,12 @@ recipe(Recipe(
     description="2 layers, attention only: induction heads from short chunks of random tokens, each copied once "
                 "at a random gap, written into rows of simple English",
     config=dict(n_layers=2, d_model=64, n_heads=4, n_ctx=64, attn_only=True),
-    settings=TrainSettings(steps=24000, batch_size=8, lr=1e-3, warmup=100, eval_every=500, weight_decay=0.01),
+    settings=TrainSettings(steps=45000, batch_size=8, lr=2e-3, min_lr_ratio=0.2, warmup=100, eval_every=500,
+                           weight_decay=0.01),
     documents=40_000,
     mix={"ioi": 0.3, "facts": 0.2, "narrative": 0.5},
     induction_rows=-1,  # -1: write the chunks into every row of packed English (no separate random rows)
-    induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
+    induction=dict(chunk_len=(4, 12), n_chunks=(2, 4), gap=(0, 20)),
     metrics=("induction",),
 ))
 
@@ -66,11 +69,12 @@ recipe(Recipe(
     name="mini-4l",
     description="4 layers with MLPs: IOI, factual recall and induction on one small English corpus",
     config=dict(n_layers=4, d_model=64, n_heads=4, n_ctx=64),
-    settings=TrainSettings(steps=24000, batch_size=16, lr=1e-3, warmup=200, eval_every=1000, weight_decay=0.01),
-    documents=120_000,
-    mix={"ioi": 0.5, "facts": 0.25, "narrative": 0.25},
-    induction_rows=20_000,  # rows of narrative English with chunks of random tokens copied at random gaps
-    induction=dict(chunk_len=(4, 12), n_chunks=(1, 3), gap=(0, 20)),
+    settings=TrainSettings(steps=24000, batch_size=8, lr=2e-3, warmup=200, eval_every=1000, weight_decay=0.01),
+    documents=150_000,
+    mix={"ioi": 0.6, "facts": 0.2, "narrative": 0.2},
+    random_names=0.5,
+    induction_rows=40_000,  # rows of narrative English with chunks of random tokens copied at random gaps
+    induction=dict(chunk_len=(4, 12), n_chunks=(2, 4), gap=(0, 20)),
     metrics=("induction", "ioi", "facts"),
 ))
 
@@ -93,8 +97,11 @@ def build_data(r: Recipe, seed: int) -> tuple[torch.Tensor, Tokenizer, Corpus]:
     n_ctx, parts = r.config["n_ctx"], []
 
     def packed(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:
-        docs = corpus.training_documents(n_docs, seed=doc_seed, mix=mix)
-        return pack_documents([tokenizer.encode(d) for d in docs], n_ctx, tokenizer.eot_id)
+        pairs = corpus.generate(n_docs, seed=doc_seed, mix=mix)
+        docs = [tokenizer.encode(doc) for doc, _ in pairs]
+        if r.random_names:
+            docs = randomise_names(docs, [m["kind"] for _, m in pairs], corpus, tokenizer, r.random_names, doc_seed)
+        return pack_documents(docs, n_ctx, tokenizer.eot_id)
 
     rows = packed(r.documents, r.mix, seed) if r.documents else None
     if r.induction_rows == -1:
@@ -105,6 +112,29 @@ def build_data(r: Recipe, seed: int) -> tuple[torch.Tensor, Tokenizer, Corpus]:
         filler = packed(r.induction_rows * 2, {"narrative": 1.0}, seed + 10_000)[: r.induction_rows]
         parts.append(with_chunks(filler, tokenizer, seed + 1, r.induction))
     return torch.cat(parts), tokenizer, corpus
+
+
+def randomise_names(docs: list[list[int]], kinds: list[str], corpus: Corpus, tokenizer: Tokenizer,
+                    fraction: float, seed: int) -> list[list[int]]:
+    """In `fraction` of the IOI documents, replace each name by a random token (the same token for every mention
+    within the document), drawn from the whole vocabulary except the held-out names.
+
+    Why: a name the model never saw in a sentence (a held-out name) has no "is a name" features in its embedding, so
+    an IOI circuit that picks names by such features cannot generalise to it. With arbitrary tokens in the name slots,
+    what pays is the algorithm: find the token that the sentence's structure marks as the indirect object and copy
+    it. Held-out names still never occur in any sentence.
+    """
+    rng = random.Random(seed)
+    names = {tokenizer.to_single_token(" " + n.strip()) for n in corpus.names_train}
+    held = {tokenizer.to_single_token(" " + n.strip()) for n in corpus.names_heldout}
+    pool = [t for t in token_pool(tokenizer).tolist() if t not in held]
+    out = []
+    for doc, kind in zip(docs, kinds):
+        if kind == "ioi" and rng.random() < fraction:
+            mapping: dict[int, int] = {}
+            doc = [mapping.setdefault(t, rng.choice(pool)) if t in names else t for t in doc]
+        out.append(doc)
+    return out
 
 
 def with_chunks(filler: torch.Tensor, tokenizer: Tokenizer, seed: int, induction: dict) -> torch.Tensor:
@@ -121,6 +151,7 @@ def token_pool(tokenizer: Tokenizer) -> torch.Tensor:
 def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
     """metrics(model) -> dict of floats, on held-out data only (held-out names, frames and paraphrases)."""
     ioi = corpus.ioi_eval(200, seed=1) if "ioi" in r.metrics else None
+    ioi_train_names = corpus.ioi_eval(100, seed=2, names="train") if "ioi" in r.metrics else None
     facts = corpus.fact_eval("heldout") if "facts" in r.metrics else None
     pool = token_pool(tokenizer)
 
@@ -128,6 +159,7 @@ def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
         out = induction_metrics(model, token_pool=pool) if "induction" in r.metrics else {}
         if ioi:
             out.update(ioi_metrics(model, ioi))
+            out["ioi_logit_diff_train_names"] = ioi_metrics(model, ioi_train_names)["ioi_logit_diff"]
         if facts:
             out.update(fact_metrics(model, facts))
         return out
@@ -136,12 +168,14 @@ def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
 
 
 def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
-                 threads: int | None = None) -> tuple[GPT, dict]:
-    """Train a recipe from scratch; returns the model and its card (without sha256, which save() adds)."""
+                 threads: int | None = None, **overrides) -> tuple[GPT, dict]:
+    """Train a recipe from scratch; returns the model and its card (without sha256, which save() adds).
+
+    overrides: TrainSettings fields to change (e.g. eval_every=50); the card records the settings used."""
     r = get(name)
     if threads:
         torch.set_num_threads(threads)
-    settings = replace(r.settings, seed=seed, **({"steps": steps} if steps else {}))
+    settings = replace(r.settings, seed=seed, **({"steps": steps} if steps else {}), **overrides)
     data, tokenizer, corpus = build_data(r, seed)
     cfg = GPTConfig(**r.config, d_vocab=tokenizer.n_vocab)
     model = GPT(cfg, tokenizer=tokenizer, seed=seed)

@@ -1,7 +1,8 @@
 """Where a shipped model's behaviours live, for its card: detectors, mean ablation, patching and causal tracing.
 
-Everything runs on held-out data (held-out names, frames and paraphrases) and returns plain JSON-able numbers, so
-the card says which heads and MLPs carry induction, IOI and facts, and the lessons can ask learners to find them.
+Everything runs on held-out data (held-out frames and paraphrases; IOI on training names by default, see
+ioi_report) and returns plain JSON-able numbers, so the card says which heads and MLPs carry induction, IOI and
+facts, and the lessons can ask learners to find them.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def induction_report(model, token_pool: torch.Tensor) -> dict:
                       "effect on minus the loss of the repeated half (negative: the head helped)"}
 
 
-def _same_length_ioi(model, corpus: Corpus, n: int = 300):
-    """The largest group of held-out IOI prompts with one token length (patching needs equal shapes)."""
-    examples = corpus.ioi_eval(n, seed=77)
+def _same_length_ioi(model, corpus: Corpus, names: str, n: int = 300):
+    """The largest group of IOI prompts (held-out frames) with one token length (patching needs equal shapes)."""
+    examples = corpus.ioi_eval(n, seed=77, names=names, frames="heldout")
     groups: dict[int, list] = {}
     for e in examples:
         groups.setdefault(len(model.tokenizer.encode(e.prompt)), []).append(e)
@@ -59,8 +60,10 @@ def _same_length_ioi(model, corpus: Corpus, n: int = 300):
 
 
 @torch.no_grad()
-def ioi_report(model, corpus: Corpus) -> dict:
-    group = _same_length_ioi(model, corpus)
+def ioi_report(model, corpus: Corpus, names: str = "train") -> dict:
+    """names: "train" analyses the circuit on training names in held-out frames (where a small model does the task);
+    "heldout" on held-out names too."""
+    group = _same_length_ioi(model, corpus, names)
     tok = model.tokenizer
     tokens = model.to_tokens([e.prompt for e in group])  # [batch, pos]
     io = torch.tensor([tok.to_single_token(e.io) for e in group])
@@ -76,10 +79,10 @@ def ioi_report(model, corpus: Corpus) -> dict:
     corrupt[rows, s2] = io
     heads = mean_ablate_heads(model, tokens, logit_diff)
     patched = patch_heads(model, tokens, corrupt, logit_diff)
-    out = {"prompts": len(group), "logit_diff": round(logit_diff(model(tokens)).item(), 3),
-           "mean_ablation_heads": _rounded(heads), "heads_that_matter_most": _top(heads),
+    out = {"names": names, "frames": "heldout", "prompts": len(group),
+           "logit_diff": round(logit_diff(model(tokens)).item(), 3), "mean_ablation_heads": _rounded(heads), "heads_that_matter_most": _top(heads),
            "patching_heads_s2_swap": _rounded(patched),
-           "method": "held-out names and frames, one token length; mean ablation of each head's z and of each MLP "
+           "method": "held-out frames, one token length; mean ablation of each head's z and of each MLP "
                      "(effect on the IO-S logit difference); patching each head's z from the clean run into a run "
                      "whose S2 name is replaced by IO (1 = restores the clean logit difference)"}
     if not model.cfg.attn_only:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..model import GPT
@@ -28,6 +30,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     eval_every: int = 100
     seed: int = 0
+    tie_embeddings: bool = False  # train with W_U = W_E^T, as GPT-2 was trained (see tied())
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
@@ -50,9 +53,42 @@ def optimizer_for(model: GPT, settings: TrainSettings) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.95))
 
 
+class _Transposed(torch.nn.Module):
+    """W_U computed as W_E^T on every use, so the two stay one matrix while training."""
+
+    def __init__(self, embed):
+        super().__init__()
+        self.embed = [embed]  # a list, so the embedding is not registered (and counted) twice
+
+    def forward(self, _unused: torch.Tensor) -> torch.Tensor:
+        return self.embed[0].W_E.T  # [d_model, d_vocab]
+
+
+@contextmanager
+def tied(model: GPT, enabled: bool = True):
+    """Within the block, model.unembed.W_U is W_E^T (GPT-2 ties its embeddings). On exit W_U becomes an ordinary
+    parameter again, holding W_E^T's final value, so saving and loading need nothing special.
+
+    Tying matters for copying: a token's unembedding then equals its embedding, so a head that copies what it
+    attends to (an OV circuit near the identity) can copy tokens it was rarely trained to predict."""
+    if not enabled:
+        yield model
+        return
+    parametrize.register_parametrization(model.unembed, "W_U", _Transposed(model.embed), unsafe=True)
+    try:
+        yield model
+    finally:
+        parametrize.remove_parametrizations(model.unembed, "W_U", leave_parametrized=True)
+
+
 def train(model: GPT, data: torch.Tensor, settings: TrainSettings,
           evaluate: Callable[[GPT], dict] | None = None, progress: bool = True) -> TrainLog:
     """Train `model` in place on rows of `data` [n_rows, n_ctx], sampled without replacement epoch by epoch."""
+    with tied(model, settings.tie_embeddings):
+        return _train(model, data, settings, evaluate, progress)
+
+
+def _train(model: GPT, data: torch.Tensor, settings: TrainSettings, evaluate, progress: bool) -> TrainLog:
     gen = torch.Generator().manual_seed(settings.seed)
     opt = optimizer_for(model, settings)
     log, start = TrainLog(), time.perf_counter()
