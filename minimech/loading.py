@@ -340,9 +340,10 @@ def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32,
         if not default.is_file():
             raise WeightsNotFoundError(f"no default model is shipped yet ({default} does not exist): pass a preset "
                                        f"name such as load('gpt2') or a path to load(); presets: {', '.join(PRESETS)}")
-        name_or_path = weights_dir() / default.read_text().strip()
-        if not name_or_path.exists():
-            raise WeightsNotFoundError(f"{default} names {name_or_path}, which does not exist: reinstall minimech")
+        name_or_path = default.read_text().strip()
+        if name_or_path not in shipped_models():
+            raise WeightsNotFoundError(f"{default} names {name_or_path!r}, which is not a shipped model folder in "
+                                       f"{weights_dir()}: reinstall minimech")
     path = Path(name_or_path)
     name = ALIASES.get(str(name_or_path), str(name_or_path))
     if path.exists() and (path.is_file() or _is_model_dir(path)):

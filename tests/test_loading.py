@@ -294,7 +294,11 @@ def test_default_model(clean_env):
         load()
     loading.save(GPT(GPTConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=8, d_vocab=41)), clean_env / "shipped/tiny")
     (clean_env / "shipped/DEFAULT").write_text("tiny\n")
-    assert load().cfg.d_model == 16
+    assert load().cfg.d_model == 16 and "shipped with minimech" in load().source
+    assert load("tiny").cfg.d_model == 16  # a shipped model by name
+    (clean_env / "shipped/DEFAULT").write_text("gone\n")
+    with pytest.raises(WeightsNotFoundError, match="names 'gone', which is not a shipped model folder"):
+        load()
 
 
 # ----------------------------------------------------------------------------------------------------------------
