@@ -384,6 +384,7 @@ def save(model: GPT, directory, card_extra: dict | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors", metadata={"format": "pt", "minimech": minimech.__version__})
+    os.chmod(directory / "model.safetensors", 0o644)  # safetensors creates it owner-only; weights are for sharing
     tokenizer = getattr(model, "tokenizer", None)
     card = {**(card_extra or {}), "config": model.cfg.to_dict(), "vocab": getattr(tokenizer, "vocab", None),
             "sha256": {"model.safetensors": sha256_file(directory / "model.safetensors")}}

@@ -317,6 +317,7 @@ def test_save_load_round_trip(tmp_path):
     card = json.loads((d / "card.json").read_text())
     assert card["trained_on"] == "unit test" and card["vocab"] == model.tokenizer.vocab
     assert card["sha256"]["model.safetensors"] == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+    assert (d / "model.safetensors").stat().st_mode & 0o444 == 0o444  # readable by everyone, like card.json
     loaded = load(d)
     assert loaded.cfg == model.cfg and loaded.tokenizer.vocab == model.tokenizer.vocab and not loaded.training
     for k, v in model.state_dict().items():
