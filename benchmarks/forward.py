@@ -99,7 +99,8 @@ def main(argv=None) -> None:
                 diff = (hf(tokens, use_cache=False).logits - model(tokens)).abs().max().item()
                 cached = model.run_with_cache(tokens)[0]
                 assert diff < 1e-4, f"logits differ by {diff:.2e} on {shape}"
-                assert torch.equal(cached, model(tokens)), "run_with_cache changed the logits"
+                # the cache reads the pattern, so attention runs unfused there: equal up to float rounding,
+                assert torch.allclose(cached, model(tokens), atol=1e-5), "run_with_cache changed the logits"
                 print(f"check {shape[0]}x{shape[1]}: max |logits HF - minimech| = {diff:.1e}")
 
     memory = {}
