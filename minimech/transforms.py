@@ -107,10 +107,15 @@ def center_writing_weights(model, inplace: bool = False):
         raise MinimechError("center_writing_weights needs a LayerNorm (which centres) before every reader")
     model = _copy(model, inplace)
     for p in _writers(model):
-        p_ = _wide(p)
-        p.copy_(p_ - p_.mean(-1, keepdim=True))
+        _subtract_last_mean(p)
     _record(model, "center_writing_weights")
     return model
+
+
+def _subtract_last_mean(p: torch.Tensor) -> None:
+    """p -= its mean over the last axis, in place (computed in at least float32)."""
+    wide = _wide(p)
+    p.copy_(wide - wide.mean(-1, keepdim=True))
 
 
 @torch.no_grad()
@@ -121,8 +126,7 @@ def center_unembed(model, inplace: bool = False):
     """
     model = _copy(model, inplace)
     for p in (model.unembed.W_U, model.unembed.b_U):
-        p_ = _wide(p)
-        p.copy_(p_ - p_.mean(-1, keepdim=True))
+        _subtract_last_mean(p)
     _record(model, "center_unembed")
     return model
 

@@ -1,7 +1,7 @@
 """Recipes for minimech's shipped models: which config, which data, how long, which metrics.
 
     minimech train attn-only-2l            # the recipe as shipped (seed 0)
-    minimech train attn-only-2l --steps 600 --seed 1 --out /tmp/m
+    minimech train attn-only-2l --steps 600 --seed 1 --out models/m
 
 A recipe is data, not code: `build_data` turns it into token rows, `evaluator` into the phenomenon metrics logged
 during training, and `train_recipe` into a model saved with a card (config, vocabulary, corpus, seed, steps, wall
