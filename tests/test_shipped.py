@@ -129,3 +129,19 @@ def test_tour_prints_every_section_and_writes_pngs(tmp_path):
     for path in tour.files:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["tour", "--out", str(tmp_path / "cli")]) == 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_recipe_is_the_recipe_in_the_code(name):
+    """`minimech train NAME` must rebuild what is shipped: the card's recipe equals the one in recipes.py."""
+    from dataclasses import asdict
+
+    from minimech.training.recipes import get
+
+    card, r = json.loads((weights_dir() / name / "card.json").read_text()), get(name)
+    rec = card["recipe"]
+    assert rec["settings"] == {**asdict(r.settings), "seed": rec["seed"]}
+    assert (rec["documents"], rec["mix"], rec["random_names"], rec["induction_rows"]) == (
+        r.documents, r.mix, r.random_names, r.induction_rows)
+    assert rec["induction"] == {k: list(v) for k, v in r.induction.items()}
+    assert card["config"] == {**card["config"], **r.config}

@@ -15,7 +15,6 @@ import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 
@@ -37,7 +36,7 @@ class Recipe:
     settings: TrainSettings
     documents: int = 0  # corpus documents (IOI, facts, narrative), packed into rows of n_ctx tokens
     mix: dict = field(default_factory=dict)  # kinds of documents and their weights (see Corpus.training_documents)
-    induction_rows: int = 0  # rows of random tokens with copied chunks (the induction signal)
+    induction_rows: int = 0  # rows of English with chunks of random tokens copied once (-1: chunks in every row)
     induction: dict = field(default_factory=dict)  # chunk_len, n_chunks, gap for induction_rows
     metrics: tuple = ("induction",)  # which phenomenon metrics to log: induction, ioi, facts
     random_names: float = 0.0  # fraction of IOI documents whose names become random tokens (see build_data)
@@ -183,7 +182,7 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
     card = {
         "name": r.name, "description": r.description,
         "recipe": {"name": r.name, "seed": seed, "settings": asdict(settings), "documents": r.documents,
-                   "mix": r.mix, "induction_rows": r.induction_rows,
+                   "mix": r.mix, "random_names": r.random_names, "induction_rows": r.induction_rows,
                    "induction": {k: list(v) for k, v in r.induction.items()}, "rows": len(data)},
         "corpus": corpus.describe(),
         "training": {"steps": settings.steps, "tokens_seen": settings.steps * settings.batch_size * cfg.n_ctx,
