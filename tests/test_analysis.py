@@ -155,7 +155,7 @@ def test_patch_resid_layer_0_is_swapping_the_token_back(odd_model):
     clean, corrupt = random_tokens(ODD, 2, 7, seed=1), random_tokens(ODD, 2, 7, seed=2)
     metric = logit_metric()
     m_clean, m_corrupt = metric(odd_model(clean)).item(), metric(odd_model(corrupt)).item()
-    result = patch_resid(odd_model, clean, corrupt, metric)
+    result = patch_resid(odd_model, clean, corrupt, metric, normalise=True)
     assert result.shape == (2, 7)
     for p in range(7):
         mixed = corrupt.clone()
@@ -168,7 +168,8 @@ def test_patch_resid_layer_0_is_swapping_the_token_back(odd_model):
 def test_patching_respects_causality(odd_model):
     clean, corrupt = swapped_pair(ODD, where=3)
     metric = logit_metric()
-    resid, mlps = patch_resid(odd_model, clean, corrupt, metric), patch_mlps(odd_model, clean, corrupt, metric)
+    resid = patch_resid(odd_model, clean, corrupt, metric, normalise=True)
+    mlps = patch_mlps(odd_model, clean, corrupt, metric, normalise=True)
     # before position 3 both runs are identical, so patching there changes nothing
     assert resid[:, :3].abs().max() < 1e-4 and mlps[:, :3].abs().max() < 1e-4
     assert resid[0, 3].item() == pytest.approx(1.0, abs=1e-4)  # the only differing token, patched back
@@ -183,12 +184,12 @@ def test_patching_one_head_everywhere_equals_patching_attn_out():
     metric = logit_metric()
     _, cache = model.run_with_cache(clean)
     m_clean, m_corrupt = metric(model(clean)).item(), metric(model(corrupt)).item()
-    result = patch_heads(model, clean, corrupt, metric)
+    result = patch_heads(model, clean, corrupt, metric, normalise=True)
     for layer in range(cfg.n_layers):
         hook = (f"blocks.{layer}.hook_attn_out", lambda act, hook: cache[hook.name])
         patched = metric(model.run_with_hooks(corrupt, [hook])).item()
         assert result[layer, 0].item() == pytest.approx((patched - m_corrupt) / (m_clean - m_corrupt), abs=1e-4)
-    at_pos = patch_heads(model, clean, corrupt, metric, pos=1)  # before the differing token: no effect
+    at_pos = patch_heads(model, clean, corrupt, metric, pos=1, normalise=True)  # before the differing token: no effect
     assert at_pos.abs().max() < 1e-4
 
 
@@ -197,7 +198,7 @@ def test_patching_errors(odd_model):
     with pytest.raises(PatchingError, match=r"\(2, 7\).*\(2, 6\)"):
         patch_resid(odd_model, clean, corrupt[:, :6], logit_metric())
     with pytest.raises(PatchingError, match="both"):
-        patch_heads(odd_model, clean, clean, logit_metric())
+        patch_heads(odd_model, clean, clean, logit_metric(), normalise=True)
     with pytest.raises(MinimechError, match="attention-only"):
         patch_mlps(random_model(ATTN_ONLY), clean, corrupt, logit_metric())
     assert no_hooks_left(odd_model)

@@ -12,3 +12,27 @@ from .tracing import TraceResult, TracingError, causal_trace, find_subject_posit
 __all__ += ["mean_ablate_heads", "mean_ablate_mlps", "LensResult", "logit_lens", "PatchingError", "patch_attn",
             "patch_heads", "patch_mlps", "patch_resid", "TraceResult", "TracingError", "causal_trace",
             "find_subject_positions"]
+
+from .metrics import LogitDiff, logit_diff
+
+__all__ += ["LogitDiff", "logit_diff"]
+
+from .attribution import Attribution, AttributionError, attribution_hooks, direct_logit_attribution, logit_attribution
+from .circuits import (CircuitError, composition_scores, copied_logits, copying_score, copying_scores,
+                       full_ov_circuit, positional_qk, resolve_head, token_qk, top_copied_tokens)
+
+__all__ += ["Attribution", "AttributionError", "attribution_hooks", "direct_logit_attribution", "logit_attribution",
+            "CircuitError", "composition_scores", "copied_logits", "copying_score", "copying_scores",
+            "full_ov_circuit", "positional_qk", "resolve_head", "token_qk", "top_copied_tokens"]
+
+from .path_patching import PathPatchingError, parse_heads, path_patch, path_patch_heads
+from .ioi import GPT2_TEMPLATES, Faithfulness, IOIDataset, IOIError, card_heads, circuit_faithfulness, ioi_dataset
+
+__all__ += ["PathPatchingError", "parse_heads", "path_patch", "path_patch_heads", "GPT2_TEMPLATES", "Faithfulness",
+            "IOIDataset", "IOIError", "card_heads", "circuit_faithfulness", "ioi_dataset"]
+
+from .lens import lens_kl
+from .tuned_lens import TunedLens, TunedLensError, lens_data, model_sha256, train_tuned_lens, tuned_lens_for
+
+__all__ += ["lens_kl", "TunedLens", "TunedLensError", "lens_data", "model_sha256", "train_tuned_lens",
+            "tuned_lens_for"]

@@ -12,6 +12,10 @@ ln="recompute" normalizes each point by its own statistics (the plain lens, and 
 point). ln="cached" divides every point by the final stream's cached ln_final scale instead: a linear map, so the
 lens of a sum is the sum of the lenses (direct logit attribution), but early points with a small norm read as
 under-confident. Both add ln_final's bias, so the final point is the model's output in both.
+
+How far each point is from the model's own answer: LensResult.kl_to_final() gives KL(final || point) in nats per
+point, row and position (the tuned-lens paper's measure; 0 at the final point), and lens_kl(model, tokens) its mean
+over a batch of text. lens=TunedLens(...) (tuned_lens.py) passes each point through a learned affine translator first.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..cache import ActivationCache
 from ..errors import MinimechError
 
 
@@ -62,6 +67,15 @@ class LensResult:
         # Count strictly likelier tokens, so ties share the better rank
         return (self.log_probs > chosen).sum(-1)
 
+    def kl_to_final(self) -> torch.Tensor:
+        """[n_points, batch(, pos)] KL(final || point) in nats: how much the model's own distribution (the last point)
+        loses when a point's distribution stands in for it. 0 at the final point; the direction of Belrose et al.
+        2023, who train the tuned lens to minimise it."""
+        if self.labels[-1] != "final":
+            raise MinimechError(f"kl_to_final needs the final point as the last one; these points end at "
+                                f"{self.labels[-1]!r}: run logit_lens on the whole model")
+        return kl_to(self.log_probs[-1], self.log_probs)
+
     def grid(self, batch: int = 0, target: int | None = None) -> tuple[torch.Tensor, list[list[str]]]:
         """For plot.lens: (probs [n_points, pos], top-token strs [n_points][pos]) of one batch row.
 
@@ -87,18 +101,63 @@ class LensResult:
         return "\n".join(lines)
 
 
-@torch.no_grad()
-def logit_lens(model, tokens, pos: int | None = -1, k: int = 5, ln: str = "recompute",
-               incl_mid: bool = False) -> LensResult:
-    """The logit lens at one position (pos=None: every position). See the module docstring for the points and ln."""
-    if ln not in ("recompute", "cached"):
-        raise MinimechError(f"ln must be 'recompute' or 'cached', got {ln!r}")
-    tokens = model.check_tokens(tokens)  # [batch, pos]
-    names = lambda n: n.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "ln_final.hook_scale"))
-    _, cache = model.run_with_cache(tokens, names=names)
-    points = cache.accumulated_resid(pos=pos, incl_mid=incl_mid)  # tensor [n_points, batch, (pos,) d_model]
-    normed = cache.apply_ln_final(points.tensor, pos=pos, recompute=(ln == "recompute"))
+def kl_to(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(target || q) in nats over the last axis: sum p (log p - log q). Shapes broadcast; [..., d_vocab] -> [...]."""
+    # A target probability that underflows to 0 contributes 0 (p log p -> 0), as it should.
+    return (target_log_probs.exp() * (target_log_probs - log_probs)).sum(-1)
+
+
+RESID_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "ln_final.hook_scale")
+
+
+def read_points(model, points: torch.Tensor, ln: str = "recompute", cache=None, pos=None) -> torch.Tensor:
+    """Log-probs [n_points, ..., d_vocab] of residual points [n_points, ..., d_model]: ln_final (recomputed per point,
+    or ln="cached": with the cache's final scale at `pos`) then the unembedding. Differentiable in `points` only."""
+    if cache is None:
+        if ln == "cached":
+            raise MinimechError("ln='cached' divides by a cached ln_final scale: pass the cache (and pos)")
+        cache = ActivationCache({}, model)  # recomputing needs no stored activations
+    normed = cache.apply_ln_final(points, pos=pos, recompute=(ln == "recompute"))
     if ln == "cached":  # apply_ln_final leaves the bias out in this mode (it belongs to no component)
         normed = normed + model.ln_final.b.detach()
     logits = normed @ model.W_U.detach() + model.b_U.detach()  # [n_points, batch, (pos,) d_vocab]
-    return LensResult(points.labels, logits.log_softmax(-1), pos, model.tokenizer, k)
+    return logits.log_softmax(-1)
+
+
+@torch.no_grad()
+def logit_lens(model, tokens, pos: int | None = -1, k: int = 5, ln: str = "recompute",
+               incl_mid: bool = False, lens=None) -> LensResult:
+    """The logit lens at one position (pos=None: every position). See the module docstring for the points and ln.
+
+    lens: a TunedLens trained for this model: each point but the final one goes through its layer's translator
+    before ln_final and the unembedding (needs ln="recompute" and incl_mid=False, which is how it was trained).
+    """
+    if ln not in ("recompute", "cached"):
+        raise MinimechError(f"ln must be 'recompute' or 'cached', got {ln!r}")
+    if lens is not None:
+        if ln != "recompute" or (incl_mid and not model.cfg.attn_only):
+            raise MinimechError("a tuned lens has translators for the resid_pre points only and was trained with "
+                                "ln_final recomputed: call it with ln='recompute' and incl_mid=False")
+        lens.check_model(model)
+    tokens = model.check_tokens(tokens)  # [batch, pos]
+    _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith(RESID_HOOKS))
+    points = cache.accumulated_resid(pos=pos, incl_mid=incl_mid)  # tensor [n_points, batch, (pos,) d_model]
+    resid = points.tensor if lens is None else lens.translate(points.tensor)  # [n_points, batch, (pos,) d_model]
+    return LensResult(points.labels, read_points(model, resid, ln, cache, pos), pos, model.tokenizer, k)
+
+
+@torch.no_grad()
+def lens_kl(model, tokens, lens=None, batch_size: int = 16) -> torch.Tensor:
+    """[n_layers + 1] mean KL(final || point) in nats of each lens point (L0_pre, ..., final), over every row and
+    position of tokens [batch, pos]. lens=None: the logit lens; a TunedLens: the tuned lens.
+
+    batch_size rows at a time, since a lens holds [n_points, rows, pos, d_vocab] log-probs.
+    """
+    tokens = model.check_tokens(tokens)  # [batch, pos]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    total = torch.zeros(model.cfg.n_layers + 1, dtype=torch.float64)
+    for rows in tokens.split(batch_size):
+        kl = logit_lens(model, rows, pos=None, lens=lens).kl_to_final()  # [n_points, rows, pos]
+        total += kl.double().sum((1, 2)).cpu()
+    return (total / tokens.numel()).float()

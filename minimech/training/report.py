@@ -78,7 +78,7 @@ def ioi_report(model, corpus: Corpus, names: str = "train") -> dict:
     s2 = torch.stack([(tokens[i] == s[i]).nonzero()[-1, 0] for i in range(len(group))])
     corrupt[rows, s2] = io
     heads = mean_ablate_heads(model, tokens, logit_diff)
-    patched = patch_heads(model, tokens, corrupt, logit_diff)
+    patched = patch_heads(model, tokens, corrupt, logit_diff, normalise=True)
     out = {"names": names, "frames": "heldout", "prompts": len(group),
            "logit_diff": round(logit_diff(model(tokens)).item(), 3), "mean_ablation_heads": _rounded(heads), "heads_that_matter_most": _top(heads),
            "patching_heads_s2_swap": _rounded(patched),
