@@ -36,3 +36,13 @@ from .tuned_lens import TunedLens, TunedLensError, lens_data, model_sha256, trai
 
 __all__ += ["lens_kl", "TunedLens", "TunedLensError", "lens_data", "model_sha256", "train_tuned_lens",
             "tuned_lens_for"]
+
+from .ablation import ablate_memories, resample_ablate_heads, resample_ablate_mlps, resample_indices
+from .memories import MemoryLogits, TopActivation, memory_activations, memory_logits, search_corpus, top_activating
+from .interventions import (DamageTable, EditResult, InterventionError, ablation_damage, fact_layer, key_covariance,
+                            mean_activation, rank_one_update, rome_edit, shipped_behaviours, steer, steering_vector)
+
+__all__ += ["ablate_memories", "resample_ablate_heads", "resample_ablate_mlps", "resample_indices", "MemoryLogits",
+            "TopActivation", "memory_activations", "memory_logits", "search_corpus", "top_activating", "DamageTable",
+            "EditResult", "InterventionError", "ablation_damage", "fact_layer", "key_covariance", "mean_activation",
+            "rank_one_update", "rome_edit", "shipped_behaviours", "steer", "steering_vector"]

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..errors import MinimechError
+from ..objects import Memory
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,3 +99,135 @@ def mean_ablate_mlps(model, tokens, metric: Metric, reference=None, zero_ablate:
             x[...] = 0.0 if zero_ablate else means[name]
         out[layer] = _ablate(model, tokens, metric, name, replace) - clean
     return out
+
+
+# ---- resample ablation ---------------------------------------------------------------------------------------------
+# Mean ablation still hands the next layer a vector no real prompt produced; resample ablation (as in causal scrubbing,
+# Chan et al. 2022) replaces a component's output on prompt b with its output on another real prompt, so the
+# downstream layers see an in-distribution activation that merely lacks this prompt's information. One draw is
+# noisy, so the metric is averaged over n_samples seeded draws.
+
+def resample_indices(n_reference: int, batch: int, n_samples: int, seed: int, exclude_self: bool) -> torch.Tensor:
+    """[n_samples, batch]: which reference row replaces each prompt in each draw.
+
+    torch.Generator().manual_seed(seed); exclude_self=False draws torch.randint(n_reference, (n_samples, batch));
+    exclude_self=True (reference is the batch itself) draws offsets randint(1, n_reference) and takes
+    (b + offset) % n_reference, so prompt b never gets its own activation back.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if not exclude_self:
+        return torch.randint(n_reference, (n_samples, batch), generator=gen)
+    offsets = torch.randint(1, n_reference, (n_samples, batch), generator=gen)
+    return (torch.arange(batch) + offsets) % n_reference
+
+
+def _resample_reference(model, tokens: torch.Tensor, reference, n_samples: int):
+    """(reference tokens [batch_ref, pos], exclude_self) with clear errors for what resampling cannot use."""
+    if n_samples < 1:
+        raise MinimechError(f"n_samples={n_samples}: resample ablation needs at least one draw")
+    if reference is None:
+        if tokens.shape[0] < 2:
+            raise MinimechError("resample ablation with reference=None draws from the other prompts of the batch, "
+                                "but the batch has one prompt: pass reference=<tokens of other prompts>")
+        return tokens, True
+    reference = model.check_tokens(reference)  # [batch_ref, pos]
+    if reference.shape[1] != tokens.shape[1]:
+        raise MinimechError(f"reference has {reference.shape[1]} positions but tokens have {tokens.shape[1]}: "
+                            "resampling swaps activations position by position, so use prompts of the same length")
+    return reference, False
+
+
+@torch.no_grad()
+def _resample_sweep(model, tokens, metric, reference, n_samples, seed, name_of, units) -> torch.Tensor:
+    """[n_layers, len(units)]: mean over draws of metric(resampled) - metric(clean); units index the activation."""
+    tokens = model.check_tokens(tokens)  # [batch, pos]
+    reference, exclude_self = _resample_reference(model, tokens, reference, n_samples)
+    names = [name_of(l) for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(reference, names=names)
+    draws = resample_indices(reference.shape[0], tokens.shape[0], n_samples, seed, exclude_self)  # [n_samples, batch]
+    clean = metric_value(metric, model(tokens))
+    out = torch.zeros(len(names), len(units))
+    for layer, name in enumerate(names):
+        for j, index in enumerate(units):
+            total = 0.0
+            for rows in draws:  # rows: [batch] reference row for each prompt
+                def replace(act, name=name, index=index, rows=rows):
+                    act[index] = cache[name][rows][index]
+                total += _ablate(model, tokens, metric, name, replace)
+            out[layer, j] = total / n_samples - clean
+    return out
+
+
+def resample_ablate_heads(model, tokens, metric: Metric, reference=None, n_samples: int = 5,
+                          seed: int = 0) -> torch.Tensor:
+    """[n_layers, n_heads]: metric(resampled) - metric(clean), each head's hook_z on prompt b replaced by its hook_z
+    on a reference prompt (drawn by resample_indices), averaged over n_samples draws.
+
+    reference: tokens [batch_ref, pos] of the same length as tokens; default: the other prompts of the batch.
+    """
+    units = [(slice(None), slice(None), head) for head in range(model.cfg.n_heads)]  # z: [batch, pos, head, d_head]
+    return _resample_sweep(model, tokens, metric, reference, n_samples, seed, lambda l: f"blocks.{l}.attn.hook_z",
+                           units)
+
+
+def resample_ablate_mlps(model, tokens, metric: Metric, reference=None, n_samples: int = 5,
+                         seed: int = 0) -> torch.Tensor:
+    """[n_layers]: as resample_ablate_heads, for each layer's hook_mlp_out [batch, pos, d_model]."""
+    require_mlps(model, "resample_ablate_mlps")
+    return _resample_sweep(model, tokens, metric, reference, n_samples, seed, lambda l: f"blocks.{l}.hook_mlp_out",
+                           [(Ellipsis,)])[:, 0]
+
+
+# ---- memories (single MLP neurons) ---------------------------------------------------------------------------------
+def memory_address(model, memory) -> tuple[int, int]:
+    """(layer, index) of a Memory or of a (layer, index) pair, checked against the model."""
+    if isinstance(memory, Memory):
+        memory = (memory.layer, memory.index)
+    if not (isinstance(memory, (tuple, list)) and len(memory) == 2 and all(isinstance(x, int) for x in memory)):
+        raise MinimechError(f"a memory is a Memory (model.blocks[l].mlp.memories[i]) or a (layer, index) pair of "
+                            f"ints, got {memory!r}")
+    require_mlps(model, "memories")
+    layer, index = memory
+    cfg = model.cfg
+    if not (0 <= layer < cfg.n_layers and 0 <= index < cfg.d_mlp):
+        raise MinimechError(f"memory (layer {layer}, index {index}) is outside this model: layers 0..{cfg.n_layers - 1}"
+                            f", neurons 0..{cfg.d_mlp - 1}")
+    return layer, index
+
+
+@torch.no_grad()
+def ablate_memories(model, tokens, metric: Metric, memories, how: str = "zero", reference=None,
+                    together: bool = False) -> torch.Tensor:
+    """metric(ablated) - metric(clean) with single MLP neurons knocked out at blocks.{l}.mlp.hook_post[..., i].
+
+    memories: [(layer, index), ...] or Memory objects. how: "zero" sets the activation to 0 (the neuron writes
+    nothing: its value is never added); "mean" sets it to its mean over reference (as in mean_ablate_mlps).
+    Returns [n_memories], each ablated alone, or with together=True a 0-d tensor for all of them at once.
+    """
+    if how not in ("zero", "mean"):
+        raise MinimechError(f"how={how!r}: choose 'zero' or 'mean'")
+    tokens = model.check_tokens(tokens)  # [batch, pos]
+    addresses = [memory_address(model, m) for m in memories]
+    if not addresses:
+        raise MinimechError("memories is empty: give at least one (layer, index)")
+    name_of = lambda l: f"blocks.{l}.mlp.hook_post"
+    layers = sorted({l for l, _ in addresses})
+    means = _reference_mean(model, tokens, reference, name_of, layers) if how == "mean" else {}
+    value = lambda l, i: 0.0 if how == "zero" else means[name_of(l)][..., i]  # [] or [pos]
+
+    def hooks_for(group):
+        def replace(post, hook):  # post: [batch, pos, d_mlp]
+            post = post.clone()
+            for l, i in group:
+                if name_of(l) == hook.name:
+                    post[..., i] = value(l, i)
+            return post
+        return [(name_of(l), replace) for l in sorted({l for l, _ in group})]
+
+    clean = metric_value(metric, model(tokens))
+    groups = [addresses] if together else [[a] for a in addresses]
+    out = []
+    for group in groups:
+        with model.hooks(hooks_for(group)):
+            out.append(metric_value(metric, model(tokens)) - clean)
+    return torch.tensor(out[0]) if together else torch.tensor(out)
