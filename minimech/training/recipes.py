@@ -54,7 +54,7 @@ recipe(Recipe(
     name="attn-only-2l",
     description="2 layers, attention only: induction heads from short chunks of random tokens, each copied once "
                 "at a random gap, written into rows of simple English",
-    config=dict(n_layers=2, d_model=64, n_heads=4, n_ctx=64, attn_only=True),
+    config=dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64, attn_only=True),  # 2 heads: induction is not split
     settings=TrainSettings(steps=45000, batch_size=8, lr=2e-3, min_lr_ratio=0.2, warmup=100, eval_every=500,
                            weight_decay=0.01),
     documents=40_000,
