@@ -6,6 +6,11 @@
     minimech run "Once upon a time" --generate 20  ... and a greedy continuation
     minimech fetch gpt2 [--dest DIR]               download a model's weights
     minimech train attn-only-2l [--steps N]        train a shipped model from its recipe
+    minimech lens "PROMPT" --out lens.png          logit lens (--tuned: the tuned lens) as a table and a PNG
+    minimech attention "PROMPT" --head L1H2        one head's attention pattern (PNG)
+    minimech heads | patch | tuned-lens            head detector scores, IOI activation patching, retrain a lens
+    minimech lessons | start 02 | check 02 | hint 02.3 | solution 02.3     the graded lessons (learners)
+    minimech handout 02 | grade 02 DIR | autograder 02                     ... and for instructors
 
 MODEL is a preset name (gpt2, ...) or a path; without one, the model shipped with minimech.
 
@@ -38,6 +43,7 @@ class Command:
     help: str
     run: Callable[[argparse.Namespace], "int | None"]
     arguments: list[tuple[tuple, dict]] = field(default_factory=list)
+    description: str = ""  # --help's text, when longer than the one-line help
 
 
 COMMANDS: dict[str, Command] = {}  # name -> Command, in the order they are registered (and shown in --help)
@@ -48,10 +54,10 @@ def arg(*flags, **kwargs) -> tuple[tuple, dict]:
     return flags, kwargs
 
 
-def command(name: str, help: str, *arguments: tuple[tuple, dict]):
+def command(name: str, help: str, *arguments: tuple[tuple, dict], description: str = ""):
     """Register the decorated function as the subcommand `name`."""
     def register(fn):
-        COMMANDS[name] = Command(name, help, fn, list(arguments))
+        COMMANDS[name] = Command(name, help, fn, list(arguments), description)
         return fn
     return register
 
@@ -194,6 +200,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+# The analysis commands (lens, attention, heads, patch, tuned-lens) live in cli_analysis.py.
+from .cli_analysis import register as register_analysis_commands  # noqa: E402
+
+register_analysis_commands(command, arg, print_table, load_model, MODEL_HELP)
+
+# The lesson commands (lessons, start, check, hint, solution, handout, grade, autograder) live with the grader.
+from .grading.cli_commands import register as register_lesson_commands  # noqa: E402
+
+register_lesson_commands(command, arg, print_table)
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minimech {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
         for flags, kwargs in cmd.arguments:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(run=cmd.run)

@@ -11,6 +11,17 @@ ODD = GPTConfig(n_layers=2, n_heads=3, d_head=5, d_model=11, d_mlp=13, n_ctx=19,
 ODD_DIMS = {"batch": 2, "pos": 7, "head": 3, "d_head": 5, "d_model": 11, "d_mlp": 13, "d_vocab": 17}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The suite's models are small: with several intra-op threads on a shared 2-core machine, thread hand-offs cost
+    far more than the maths (5-15x slower under load). Lesson checks run their learner processes on one thread too,
+    and inputs built by a forward pass must match bit for bit across the two processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_model(cfg: GPTConfig, seed: int = 0) -> GPT:
     """A model with every parameter random (biases and LN weights too, which GPT-2's init leaves at 0 and 1)."""
     model = GPT(cfg, seed=seed)

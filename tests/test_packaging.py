@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"minimech"} | {"minimech." + p.parent.name for p in (ROOT / "minimech").glob("*/__init__.py")}
-    assert found | {"minimech.weights"} == listed
+    assert found | {"minimech.weights", "minimech.lessons"} == listed
 
 
 def test_a_built_wheel_carries_the_shipped_models_and_tokenizer_files(tmp_path):
@@ -32,3 +32,7 @@ def test_a_built_wheel_carries_the_shipped_models_and_tokenizer_files(tmp_path):
     assert shipped
     for name in shipped:
         assert {f"minimech/weights/{name}/card.json", f"minimech/weights/{name}/model.safetensors"} <= names
+    assert "minimech/lessons/__init__.py" in names  # the lessons, each folder's files (minimech.grading finds them)
+    for lesson_file in (ROOT / "lessons").glob("[0-9][0-9]_*/*"):
+        if lesson_file.suffix in (".py", ".md", ".json"):
+            assert f"minimech/lessons/{lesson_file.parent.name}/{lesson_file.name}" in names

@@ -1,0 +1,306 @@
+# %% [markdown]
+# # Lesson 01 · The residual stream and the logit lens
+#
+# Lesson 00 showed that GPT-2 never overwrites its residual stream: the embeddings start it and every attention head
+# and MLP adds one term. So the stream at any point is a **sum of components**, and the logits are, up to the final
+# LayerNorm, a linear read-out of that sum. This lesson uses both facts.
+#
+# 1. Read the stream before every block from a cache of activations.
+# 2. Take it apart into the components that wrote it, and check that they add up.
+# 3. Read each layer's stream through the unembedding as if it were the last: the **logit lens**.
+# 4. Find the layer where the model's final answer first becomes, and stays, its top prediction.
+# 5. Split a logit difference into the direct contribution of each head: **direct logit attribution**.
+#
+# The running example is indirect object identification (IOI): "When Mary and John went to the store, John gave a
+# drink to" → " Mary". The metric is the logit difference between the indirect object (" Mary") and the subject
+# (" John").
+#
+# **Caches.** `model.run_with_cache(tokens)` returns the logits and every activation, by hook name:
+# `cache["blocks.2.hook_resid_pre"]` is the stream before block 2, `[batch, pos, d_model]`. The checks hand your
+# functions a plain dict of the same names, so index with full names (the table is `minimech.HOOK_SHAPES`).
+#
+# **Working on it**: `minimech start 01`, then `minimech check 01` and `minimech hint 01.k`. Run the file
+# (`python lesson.py`, or `--model gpt2` with GPT-2's weights) to see each result on a real model.
+
+# %%
+import argparse
+from contextlib import contextmanager
+
+import torch
+
+import minimech
+
+MAIN = __name__ == "__main__"
+DEFAULT_MODEL = "mini-4l"
+IOI = [  # (prompt, indirect object, subject), all of one token length
+    ("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+    ("When Mary and John went to the store, Mary gave a drink to", " John", " Mary"),
+    ("When Tom and James went to the park, James gave the ball to", " Tom", " James"),
+    ("When Tom and James went to the park, Tom gave the ball to", " James", " Tom"),
+]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description="Lesson 01: the residual stream and the logit lens",
+                                     allow_abbrev=False)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model, gpt2, or a GPT-2 folder")
+    return parser.parse_known_args()[0]  # known args only: a notebook kernel passes arguments of its own
+
+
+@contextmanager
+def demo(what: str):
+    """Run a demo cell; if it needs an exercise that is not written yet, say so and go on."""
+    print(f"\n== {what}")
+    try:
+        yield
+    except NotImplementedError as e:
+        print(f"   skipped: {e}")
+
+
+if MAIN:
+    args = parse_args()
+    torch.set_grad_enabled(False)
+    model = minimech.load(args.model)
+    print(model)
+    tokens = torch.cat([model.to_tokens(prompt) for prompt, _, _ in IOI])  # [batch, pos], BOS first
+    io = torch.tensor([model.to_single_token(name) for _, name, _ in IOI])  # [batch]
+    s = torch.tensor([model.to_single_token(name) for _, _, name in IOI])  # [batch]
+    logits, cache = model.run_with_cache(tokens)
+    rows = torch.arange(len(IOI))
+    logit_diff = logits[rows, -1, io] - logits[rows, -1, s]  # [batch]
+    print(f"IOI logit difference (IO - S) per prompt: {[round(x, 2) for x in logit_diff.tolist()]}")
+
+# %% [markdown]
+# ## Exercise 01.1: The residual stream at every layer
+#
+# > **Difficulty** ★☆☆ · **Importance** ★★★☆☆ · about 5 minutes
+#
+# The stream has `n_layers + 1` natural points: before block 0 (the embeddings alone), before block 1, ..., before
+# block `n_layers - 1`, and the final stream after the last block, which `ln_final` and the unembedding turn into
+# logits. They are `blocks.{l}.hook_resid_pre` for `l < n_layers` and `blocks.{n_layers - 1}.hook_resid_post`.
+#
+# `residual_stack(cache, n_layers)` → `[n_layers + 1, batch, pos, d_model]`.
+
+# %%
+def residual_stack(cache, n_layers: int) -> torch.Tensor:
+    """The stream before each block and after the last: [n_layers + 1, batch, pos, d_model]."""
+    # EXERCISE 01.1
+    raise NotImplementedError("EXERCISE 01.1: stack resid_pre of every block, then the last block's resid_post")
+
+
+# %%
+if MAIN:
+    with demo("01.1 the stream's norm at the last position, layer by layer"):
+        stack = residual_stack(cache, model.cfg.n_layers)  # [n_points, batch, pos, d_model]
+        norms = stack[:, :, -1].norm(dim=-1).mean(-1)  # [n_points]
+        print("   " + "  ".join(f"{n:.1f}" for n in norms.tolist()) + "   (embeddings, then after each block)")
+
+# %% [markdown]
+# ## Exercise 01.2: Taking the stream apart
+#
+# > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 20 minutes
+#
+# Before block `layer`, the stream at position `pos` is exactly
+#
+#     embed + pos_embed + Σ_{l < layer} ( Σ_h head_result[l, h] + b_O[l] + mlp_out[l] )
+#
+# where head `h`'s write is its `z` times its own slice of `W_O`: `z[:, pos, h] @ W_O[h]`, `[batch, d_model]`. The
+# attention bias `b_O` is added once per layer and belongs to no head, so it is a component of its own.
+#
+# Return a dict from label to `[batch, d_model]`, with the labels minimech's `cache.decompose_resid` uses:
+# `"embed"`, `"pos_embed"`, then for each `l < layer`: `"L{l}H{h}"` for every head, `"L{l}attn_bias"`, and
+# `"L{l}MLP"` (models with MLPs only). `layer = n_layers` means the final stream. Read `z` from
+# `blocks.{l}.attn.hook_z` `[batch, pos, head, d_head]` and `W_O` from `model.blocks[l].attn.W_O`
+# `[head, d_head, d_model]`.
+#
+# `decompose_resid(model, cache, layer, pos)` → `{label: [batch, d_model]}`.
+
+# %%
+def decompose_resid(model, cache, layer: int, pos: int) -> dict:
+    """The components that wrote the stream before block `layer` (n_layers: the final stream), at position pos."""
+    # EXERCISE 01.2
+    raise NotImplementedError("EXERCISE 01.2: embed, pos_embed, and every earlier head, attention bias and MLP")
+
+
+# %%
+if MAIN:
+    with demo("01.2 the final stream at the last position, taken apart"):
+        n = model.cfg.n_layers
+        parts = decompose_resid(model, cache, n, -1)  # {label: [batch, d_model]}
+        total = sum(parts.values())
+        error = (total - cache[f"blocks.{n - 1}.hook_resid_post"][:, -1]).abs().max().item()
+        print(f"   {len(parts)} components; max |sum - stream| = {error:.1e}")
+        norms = {label: t.norm(dim=-1).mean().item() for label, t in parts.items()}
+        print("   largest: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(norms.items(), key=lambda kv: -kv[1])[:6]))
+
+# %% [markdown]
+# ## Exercise 01.3: The logit lens
+#
+# > **Difficulty** ★★☆ · **Importance** ★★★★☆ · about 15 minutes
+#
+# The unembedding reads only the final stream. But every earlier point of the stream lives in the same space, so we
+# can read it the same way: apply `ln_final` to it (with *its own* mean and variance, as the model would if the
+# remaining blocks added nothing), then `W_U` and `b_U`, then `log_softmax`. nostalgebraist (2020) called this the
+# logit lens; on GPT-2 it shows the answer taking shape in the middle layers and sharpening towards the end.
+#
+# Run the model yourself (`model.run_with_cache(tokens)`), use `residual_stack`, select position `pos`.
+# `model.ln_final.w`, `.b`, `model.cfg.eps`, `model.W_U` `[d_model, d_vocab]` and `model.b_U` `[d_vocab]` hold the
+# rest.
+#
+# `logit_lens(model, tokens, pos)`: `tokens` `[batch, pos]` → log-probs `[n_layers + 1, batch, d_vocab]`.
+
+# %%
+def logit_lens(model, tokens: torch.Tensor, pos: int = -1) -> torch.Tensor:
+    """Log-probs [n_layers + 1, batch, d_vocab] read from the stream before each block and after the last."""
+    # EXERCISE 01.3
+    raise NotImplementedError("EXERCISE 01.3: each point of the stream through ln_final, W_U, b_U, log_softmax")
+
+
+# %%
+def point_labels(n_layers: int) -> list[str]:
+    return [f"before block {l}" for l in range(n_layers)] + ["final"]
+
+
+if MAIN:
+    with demo("01.3 the logit lens on the first IOI prompt"):
+        lens = logit_lens(model, tokens, -1)  # [n_points, batch, d_vocab]
+        for label, row in zip(point_labels(model.cfg.n_layers), lens[:, 0]):
+            top = row.argmax().item()
+            print(f"   {label:>15}: top {model.to_string(torch.tensor([top]))!r:>10} ({row[top].exp():.2f}), "
+                  f"P(IO) {row[io[0]].exp():.2f}, P(S) {row[s[0]].exp():.2f}")
+
+# %% [markdown]
+# ## Exercise 01.4: Where the prediction forms
+#
+# > **Difficulty** ★☆☆ · **Importance** ★★★☆☆ · about 10 minutes
+#
+# Given the lens's log-probs, find for each prompt the first point from which the model's final top-1 token is the
+# top-1 token *at every later point*. Point 0 means the embeddings already predict it; `n_layers` means only the
+# final stream does. "Stays" matters: a token can lead at one layer, lose the lead, and win it back.
+#
+# `prediction_forms_at(log_probs)`: `[n_points, batch, d_vocab]` → `[batch]` integer point indices.
+
+# %%
+def prediction_forms_at(log_probs: torch.Tensor) -> torch.Tensor:
+    """[n_points, batch, d_vocab] -> [batch]: the first point from which the final top-1 token stays top-1."""
+    # EXERCISE 01.4
+    raise NotImplementedError("EXERCISE 01.4: the first point of the final run where argmax == the final argmax")
+
+
+# %%
+FACTS = ["The capital of Japan is Tokyo. The capital of France is", "Germany is a country located in",
+         "When Mary and John went to the store, John gave a drink to"]
+
+if MAIN:
+    with demo("01.4 where each prediction forms"):
+        labels = point_labels(model.cfg.n_layers)
+        for prompt in FACTS:
+            lens = logit_lens(model, model.to_tokens(prompt), -1)  # [n_points, 1, d_vocab]
+            point = int(prediction_forms_at(lens)[0])
+            answer = model.to_string(lens[-1, 0].argmax().reshape(1))
+            print(f"   {prompt!r} -> {answer!r}: top-1 from {labels[point]} on")
+
+# %% [markdown]
+# ## Exercise 01.5: Direct logit attribution of heads
+#
+# > **Difficulty** ★★★ · **Importance** ★★★★★ · about 25 minutes
+#
+# The logit difference is `(ln_final(resid) @ (W_U[:, IO] - W_U[:, S]))` at the last position. `ln_final` is not
+# linear, but in *this* run it divided the stream by one known number, the cached `ln_final.hook_scale` `[batch, pos,
+# 1]`. Fixing that number makes it linear: `x ↦ (x - mean(x)) / scale * w`, plus the bias `b`, which belongs to no
+# component. Push each component through that map and the direction `W_U[:, correct] - W_U[:, wrong]`, and the
+# results add up to the logit difference (with one term for `ln_final.b` and one for `b_U`).
+#
+# For every head: its write at `pos` (`z @ W_O[h]`), centred over `d_model`, divided by the cached scale at `pos`,
+# times `ln_final.w`, dotted with the prompt's own direction; then the mean over prompts. This is a **direct**
+# effect: a head that works by changing what later heads attend to shows up small here (ablations in later lessons
+# measure the total effect).
+#
+# `head_logit_attribution(model, cache, correct, wrong, pos)`: `correct`, `wrong` `[batch]` token ids →
+# `[n_layers, n_heads]`.
+
+# %%
+def head_logit_attribution(model, cache, correct: torch.Tensor, wrong: torch.Tensor, pos: int = -1) -> torch.Tensor:
+    """Each head's direct effect on logit[correct] - logit[wrong] at pos, averaged over prompts: [n_layers, n_heads]."""
+    # EXERCISE 01.5
+    raise NotImplementedError("EXERCISE 01.5: each head's write through ln_final's cached scale and W_U[c] - W_U[w]")
+
+
+# %%
+def top_heads(attribution: torch.Tensor, k: int = 5) -> list[str]:
+    """The k heads with the largest |attribution|, as 'L{l}H{h} value'."""
+    n_heads = attribution.shape[1]
+    order = attribution.flatten().abs().argsort(descending=True)[:k].tolist()
+    return [f"L{i // n_heads}H{i % n_heads} {attribution.flatten()[i]:+.2f}" for i in order]
+
+
+if MAIN:
+    with demo("01.5 which heads write the IOI answer directly"):
+        dla = head_logit_attribution(model, cache, io, s, -1)  # [n_layers, n_heads]
+        print(f"   largest direct effects: {', '.join(top_heads(dla))}")
+        print(f"   all heads together: {dla.sum():.2f} of a logit difference of {logit_diff.mean():.2f}"
+              " (the rest: MLPs, embeddings, biases)")
+        ioi_card = model.card.get("mechanisms", {}).get("ioi", {})
+        if ioi_card:
+            ranking = ioi_card["heads_that_matter_most"][:4]
+            print(f"   the model card's mean-ablation ranking (total effects): {ranking}")
+
+# %% [markdown]
+# ## On GPT-2 small
+#
+# With `--model gpt2`, the same code runs on the prompts of TransformerLens's *Exploratory Analysis Demo*
+# (eight IOI prompts, BOS prepended), whose published figures are: a mean logit difference of **3.55**, and, by direct
+# logit attribution, heads **9.9, 9.6 and 10.0** on top (name movers), with **10.7 and 11.10** pushing the other way
+# (negative name movers). Wang et al. (2022) find the same heads by path patching. These figures come from the papers
+# and could not be verified on the machines minimech is built on (they have no internet, so no GPT-2 weights).
+
+# %%
+GPT2_IOI = [  # TransformerLens's Exploratory Analysis Demo: 4 templates x 2 name orders
+    ("When John and Mary went to the shops,{} gave the bag to", " Mary", " John"),
+    ("When Tom and James went to the park,{} gave the ball to", " Tom", " James"),
+    ("When Dan and Sid went to the shops,{} gave an apple to", " Dan", " Sid"),
+    ("After Martin and Amy went to the park,{} gave a drink to", " Martin", " Amy"),
+]
+GPT2_LOGIT_DIFF = 3.55  # mean over the 8 prompts (TransformerLens's demo: 3.552)
+GPT2_NAME_MOVERS = {"L9H9", "L9H6", "L10H0"}
+GPT2_NEGATIVE_NAME_MOVERS = {"L10H7", "L11H10"}
+
+if MAIN:
+    with demo("GPT-2 small's IOI figures"):
+        if args.model != "gpt2":
+            print(f"   skipped: this run uses {args.model!r}; the figures are GPT-2 small's. Run with --model gpt2 "
+                  "once its weights are here (minimech fetch gpt2)")
+        else:
+            prompts, correct, wrong = [], [], []
+            for template, a, b in GPT2_IOI:
+                for io_name, s_name in ((a, b), (b, a)):  # the subject repeats; the other name is the answer
+                    prompts.append(template.format(s_name))
+                    correct.append(model.to_single_token(io_name))
+                    wrong.append(model.to_single_token(s_name))
+            gpt2_tokens = torch.cat([model.to_tokens(p) for p in prompts])
+            correct, wrong = torch.tensor(correct), torch.tensor(wrong)
+            gpt2_logits, gpt2_cache = model.run_with_cache(gpt2_tokens)
+            r = torch.arange(len(prompts))
+            diff = (gpt2_logits[r, -1, correct] - gpt2_logits[r, -1, wrong]).mean().item()
+            print(f"   mean logit difference {diff:.3f}; published {GPT2_LOGIT_DIFF} "
+                  f"({'matches' if abs(diff - GPT2_LOGIT_DIFF) < 0.05 else 'DOES NOT match'})")
+            dla = head_logit_attribution(model, gpt2_cache, correct, wrong, -1)
+            flat = dla.flatten()
+            name = lambda i: f"L{i // dla.shape[1]}H{i % dla.shape[1]}"  # noqa: E731
+            top3 = {name(i) for i in flat.argsort(descending=True)[:3].tolist()}
+            bottom2 = {name(i) for i in flat.argsort()[:2].tolist()}
+            print(f"   top 3 heads {sorted(top3)}: {'match' if top3 == GPT2_NAME_MOVERS else 'DO NOT match'} the name "
+                  f"movers {sorted(GPT2_NAME_MOVERS)}")
+            verdict = "match" if bottom2 == GPT2_NEGATIVE_NAME_MOVERS else "DO NOT match"
+            print(f"   most negative {sorted(bottom2)}: {verdict} {sorted(GPT2_NEGATIVE_NAME_MOVERS)}")
+            forms = prediction_forms_at(logit_lens(model, gpt2_tokens, -1))
+            print(f"   the answer becomes top-1 and stays from point {forms.tolist()} (of {model.cfg.n_layers})")
+
+# %% [markdown]
+# ## What you found
+#
+# The stream is a sum you can audit: its components add up to it to float precision, and so do their direct effects
+# on a logit difference. The logit lens shows *when* the answer appears; direct logit attribution shows *who* writes
+# it. Compare the two rankings printed for the shipped model: a head in an early layer can matter a great deal for
+# IOI while writing almost nothing to the logits itself. It works through later heads, which direct attribution, by
+# construction, does not see; lessons on ablation and patching measure that total effect.

@@ -1,0 +1,187 @@
+"""Grading a class: many submissions in parallel, a CSV of scores, Gradescope's results.json, and the Gradescope
+autograder zip. Whatever goes wrong with one submission (or with the grader) is written into that submission's
+row; the outputs are always written, and each test's max_score comes from lesson.json, so they sum to its total."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from .api import GradingError
+from .checking import Oracle, run_checks
+from .lessons import Lesson, get_lesson, load_checks
+from .report import ExerciseResult, Report, lost_exercise
+
+IGNORED = ("__MACOSX", "__pycache__", ".ipynb_checkpoints")
+
+
+@dataclass
+class ClassGrades:
+    lesson: Lesson
+    seed: int
+    model: str
+    reports: dict[str, Report]  # student -> report, in the order of the students' folder names
+    seconds: float
+
+
+def find_submission_file(folder: Path) -> Path:
+    """The learner's lesson file in a submission folder: lesson.py (the shallowest), else its only .py file."""
+    files = [p for p in Path(folder).rglob("*.py") if not any(part in IGNORED or part.startswith(".")
+                                                            for part in p.relative_to(folder).parts)]
+    named = sorted((p for p in files if p.name == "lesson.py"), key=lambda p: (len(p.parts), str(p)))
+    if named:
+        return named[0]
+    if len(files) == 1:
+        return files[0]
+    found = ", ".join(sorted(p.name for p in files)[:5]) or "no .py file"
+    raise GradingError(f"no lesson.py in {folder} (found {found}); hand in the lesson.py `minimech start` made")
+
+
+def _lost_report(lesson: Lesson, exercises, seed: int, model: str, source: str, message: str) -> Report:
+    """Every exercise at zero with one message (no file, a grader error); exercises from checks.py or lesson.json."""
+    rows = [(e.id, e.title, e.function) for e in exercises] if exercises else [(i, i, "") for i in lesson.points]
+    results = [lost_exercise(i, t, f, float(lesson.points.get(i, 0)), "error", message) for i, t, f in rows]
+    return Report(lesson.id, source, seed, model, results)
+
+
+def grade_one(lesson: Lesson, folder: Path, exercises, oracle: Oracle | None, seed: int, model: str,
+              time_limit_s=None, memory_limit_mb=None) -> Report:
+    """One student's report; never raises (a problem becomes that student's errors)."""
+    try:
+        if oracle is None:
+            raise GradingError("checks.py failed to load")
+        learner_file = find_submission_file(folder)
+        return run_checks(lesson, learner_file, seed=seed, model=model, oracle=oracle,
+                          time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb)
+    except GradingError as exc:
+        return _lost_report(lesson, exercises, seed, model, str(folder), str(exc))
+    except Exception as exc:  # a bug in the grader must not cost the other students their grades
+        return _lost_report(lesson, exercises, seed, model, str(folder), f"grader error: {type(exc).__name__}: {exc}")
+
+
+def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: int | None = None,
+                      model: str | None = None, root=None, time_limit_s=None, memory_limit_mb=None,
+                      on_done=None) -> ClassGrades:
+    """Grade every student folder in submissions_dir, `jobs` at a time (default: all cores). on_done(student,
+    report) is called as each finishes."""
+    lesson = get_lesson(lesson, root)
+    folders = sorted(p for p in Path(submissions_dir).iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    model = model or lesson.settings["default_model"]
+    start = time.perf_counter()
+    try:
+        exercises = load_checks(lesson)
+        oracle = Oracle(exercises, seed, model)
+        oracle.prefetch([e.id for e in exercises])
+    except Exception as exc:  # every student gets the error; the outputs are still written
+        exercises, oracle = None, None
+        load_error = f"grader error: {lesson.name}/checks.py failed to load: {type(exc).__name__}: {exc}"
+
+    def grade(folder: Path) -> Report:
+        if oracle is None:
+            report = _lost_report(lesson, None, seed, model, str(folder), load_error)
+        else:
+            report = grade_one(lesson, folder, exercises, oracle, seed, model, time_limit_s, memory_limit_mb)
+        if on_done:
+            on_done(folder.name, report)
+        return report
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1)) as pool:
+        reports = dict(zip((f.name for f in folders), pool.map(grade, folders)))
+    return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3))
+
+
+# ---- outputs ----------------------------------------------------------------------------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _problems(report: Report) -> str:
+    return "; ".join(f"{e.id} {e.status}" for e in report.exercises if e.status != "pass")
+
+
+def csv_text(grades: ClassGrades) -> str:
+    """One row per student, one column per exercise (its score), then the total and the non-passing statuses."""
+    ids = list(grades.lesson.points)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["student", *ids, "total", "notes"])
+    for student, report in grades.reports.items():
+        by_id = {e.id: e.score for e in report.exercises}
+        writer.writerow([student, *(f"{by_id.get(i, 0.0):g}" for i in ids), f"{report.score:g}", _problems(report)])
+    return out.getvalue()
+
+
+def _test_output(e: ExerciseResult) -> str:
+    lines = [f"{e.status}: {e.score:g}/{e.max_score:g}"]
+    if e.message:
+        lines.append(e.message)
+    if e.cases:
+        lines.append(f"cases passed: {e.summary()}")
+    return "\n".join(lines)
+
+
+def gradescope_results(report: Report, lesson: Lesson) -> dict:
+    """Gradescope's autograder results.json: one test per exercise of lesson.json (max_score = its points)."""
+    by_id = {e.id: e for e in report.exercises}
+    tests = []
+    for ex_id, points in lesson.points.items():
+        e = by_id.get(ex_id) or lost_exercise(ex_id, ex_id, "", float(points), "error", "grader error: not graded")
+        tests.append({"name": f"{ex_id} {e.title}", "number": ex_id, "score": e.score, "max_score": float(points),
+                      "status": "passed" if e.status == "pass" else "failed", "output": _test_output(e)})
+    return {
+        "score": round(sum(t["score"] for t in tests), 4),
+        "execution_time": round(report.seconds, 3),
+        "output": (f"minimech {__version__}, lesson {lesson.id} ({lesson.title}); model {report.model}, "
+                   f"seed {report.seed}. Your file: {Path(report.learner_file).name}."),
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": tests,
+    }
+
+
+def write_outputs(grades: ClassGrades, csv_path=None, gradescope_path=None) -> None:
+    """grades.csv, and a JSON object {student: Gradescope results.json object}."""
+    if csv_path:
+        _write_atomic(Path(csv_path), csv_text(grades))
+    if gradescope_path:
+        results = {s: gradescope_results(r, grades.lesson) for s, r in grades.reports.items()}
+        _write_atomic(Path(gradescope_path), json.dumps(results, indent=1))
+
+
+# ---- Gradescope ---------------------------------------------------------------------------------------------------
+
+def autograde(lesson, root_dir: Path, root=None) -> dict:
+    """What run_autograder does: grade root_dir/submission, write root_dir/results/results.json; never raises."""
+    root_dir = Path(root_dir)
+    results_path = root_dir / "results" / "results.json"
+    try:
+        lesson = get_lesson(lesson, root)
+    except Exception as exc:
+        results = {"score": 0.0, "output": f"grader error: {exc}", "tests": []}
+        _write_atomic(results_path, json.dumps(results, indent=1))
+        return results
+    grades_seed = secrets.randbelow(2**31)
+    model = lesson.settings["default_model"]
+    try:
+        exercises = load_checks(lesson)
+        report = grade_one(lesson, root_dir / "submission", exercises, Oracle(exercises, grades_seed, model),
+                           grades_seed, model)
+    except Exception as exc:
+        report = _lost_report(lesson, None, grades_seed, model, "submission", f"grader error: {exc}")
+    results = gradescope_results(report, lesson)
+    _write_atomic(results_path, json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,218 @@
+"""The lesson commands of `minimech` (registered by cli.py; like cli.py, this module prints).
+
+    minimech lessons                      the lessons, with your progress in each
+    minimech start 02 [--dir DIR]         copy lesson 02 into your workspace (./minimech-lessons by default)
+    minimech check 02 [3 ...]             check your lesson.py: a table, the first failure's message
+    minimech hint 02.3                    the next hint for exercise 02.3, one at a time
+    minimech solution 02.3 [--yes]        the reference solution (asks first)
+    minimech handout 02 --out DIR         instructors: the student version, without solutions
+    minimech grade 02 SUBMISSIONS_DIR     instructors: grade a class (--csv, --gradescope, --jobs)
+    minimech autograder 02 --out FILE     instructors: Gradescope's autograder zip
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from .api import GradingError
+from .lessons import find_lessons, get_lesson, lessons_root, load_checks, read_hints
+from . import workspace as ws
+
+ISOLATION_NOTE = ("Each submission runs in its own process with a time and a memory limit; this is process "
+                  "isolation, not a security sandbox: grade code you do not trust inside a container or VM "
+                  "(as Gradescope does).")
+STARS = {1: "*", 2: "**", 3: "***"}
+
+
+def _exercise(text: str):
+    """'02.3' -> (lesson, '02.3')."""
+    lesson_part = text.split(".")[0] if "." in text else ""
+    if not lesson_part:
+        raise GradingError(f"name the exercise as LESSON.K, e.g. 02.3 (got {text!r})")
+    lesson = get_lesson(lesson_part)
+    return lesson, lesson.exercise_id(text)
+
+
+def _print_report(report, print_table) -> None:
+    rows = [[e.id, e.title, e.status, f"{e.score:g}/{e.max_score:g}", e.summary()] for e in report.exercises]
+    print_table(["exercise", "title", "status", "score", "cases"], rows, "<<<>>")
+    print(f"\ntotal {report.score:g}/{report.max_score:g}   (seed {report.seed}, model {report.model}, "
+          f"{report.seconds:.1f} s)")
+    failure = report.first_failure()
+    if failure:
+        print(f"\nfirst problem, {failure.id} {failure.title} ({failure.status}):\n  {failure.message}")
+        print(f"  stuck? `minimech hint {failure.id}`")
+    elif all(e.status == "pass" for e in report.exercises):
+        print("\nall passed.")
+
+
+def register(command, arg, print_table) -> None:
+    """Add the lesson commands to cli.py's registry."""
+    dir_arg = arg("--dir", default=None, metavar="DIR",
+                  help=f"your workspace (default: the one found from here, else ./{ws.DEFAULT_WORKSPACE})")
+
+    @command("lessons", "list the lessons, with your progress in each", dir_arg)
+    def cmd_lessons(args) -> int:
+        lessons = find_lessons()
+        if not lessons:
+            print(f"no lessons found in {lessons_root()}")
+            return 0
+        workspace = ws.workspace_for(args.dir)
+        progress = ws.read_progress(workspace)
+        rows = [[l.id, l.title, f"{l.settings['minutes']} min", STARS.get(l.settings["difficulty"], "?"),
+                 len(l.points), ws.lesson_progress(progress, l)] for l in lessons]
+        print_table(["id", "title", "time", "level", "exercises", "progress"], rows, "<<>><<")
+        print(f"\nworkspace: {workspace}\nstart one with `minimech start ID`")
+        return 0
+
+    @command("start", "copy a lesson (lesson.py, README.md, hints.md) into your workspace",
+             arg("lesson", help="the lesson's id, e.g. 02"), dir_arg,
+             arg("--force", action="store_true", help="start over (your lesson.py is kept as lesson.py.bak)"))
+    def cmd_start(args) -> int:
+        lesson = get_lesson(args.lesson)
+        path = ws.start(lesson, ws.workspace_for(args.dir), force=args.force)
+        print(f"lesson {lesson.id}: {lesson.title}\n  {path}")
+        print(f"run it:   python {path}\nnotebook: jupytext --to notebook {path}  (or open it in Jupyter "
+              f"with jupytext)\ncheck it: minimech check {lesson.id}")
+        return 0
+
+    @command("check", "check your lesson.py: which exercises pass, and the first failure's message",
+             arg("lesson", help="the lesson's id, e.g. 02"),
+             arg("exercises", nargs="*", help="only these exercises (e.g. 3 or 02.3); default: all"),
+             dir_arg, arg("--file", default=None, help="check this file instead of the workspace's lesson.py"),
+             arg("--seed", type=int, default=None, help="the inputs' seed (default: random, shown)"),
+             arg("--model", default=None, help="the model the checks use (default: the lesson's)"))
+    def cmd_check(args) -> int:
+        from .checking import run_checks
+
+        lesson = get_lesson(args.lesson)
+        workspace = ws.workspace_for(args.dir)
+        path = Path(args.file) if args.file else ws.learner_file(lesson, workspace)
+        print(f"checking {path} (lesson {lesson.id}: {lesson.title})\n")
+        report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model)
+        _print_report(report, print_table)
+        if not args.file or Path(args.file).resolve() == (workspace / lesson.name / "lesson.py").resolve():
+            if (workspace / ws.PROGRESS_FILE).is_file():
+                ws.record_check(workspace, report)
+        return 0
+
+    @command("hint", "the next hint for an exercise, one at a time",
+             arg("exercise", help="the exercise, e.g. 02.3"), dir_arg,
+             arg("--again", action="store_true", help="show the hints you have seen, without a new one"))
+    def cmd_hint(args) -> int:
+        lesson, ex_id = _exercise(args.exercise)
+        hints = read_hints(lesson).get(ex_id, [])
+        if not hints:
+            raise GradingError(f"lesson {lesson.id} has no hints for {ex_id}")
+        workspace = ws.find_workspace() if not args.dir else Path(args.dir).resolve()
+        shown = ws.next_hint_number(workspace, ex_id, lesson.id)
+        upto = max(1, shown) if args.again else min(shown + 1, len(hints))
+        for number in range(1 if args.again else upto, upto + 1):
+            print(f"hint {number} of {len(hints)} for {ex_id}:\n  {hints[number - 1]}\n")
+        if workspace is not None:
+            ws.record_hint(workspace, lesson.id, ex_id, max(shown, upto))
+        else:
+            print("(no workspace found, so hints are not counted: run `minimech start` first, or pass --dir)")
+        if upto == len(hints) and not args.again:
+            print(f"that was the last hint; `minimech solution {ex_id}` shows the solution")
+        return 0
+
+    @command("solution", "show an exercise's reference solution (asks first)",
+             arg("exercise", help="the exercise, e.g. 02.3"), dir_arg,
+             arg("--yes", "-y", action="store_true", help="do not ask"))
+    def cmd_solution(args) -> int:
+        from .source import solution_source
+
+        lesson, ex_id = _exercise(args.exercise)
+        function = next(e.function for e in load_checks(lesson) if e.id == ex_id)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise GradingError("pass --yes to see the solution without being asked")
+            answer = input(f"Show the solution to {ex_id}? Trying the hints first teaches more. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not shown.")
+                return 0
+        print(solution_source(lesson, function))
+        workspace = Path(args.dir).resolve() if args.dir else ws.find_workspace()
+        if workspace is not None:
+            ws.record_solution(workspace, lesson.id, ex_id)
+        return 0
+
+    _register_instructor_commands(command, arg, print_table)
+
+
+def _register_instructor_commands(command, arg, print_table) -> None:
+    @command("handout", "instructors: write the student version of a lesson (no solutions) to a folder",
+             arg("lesson", help="the lesson's id, e.g. 02"),
+             arg("--out", required=True, metavar="DIR", help="where to write it (DIR/NN_name/)"),
+             arg("--force", action="store_true", help="overwrite an existing handout"))
+    def cmd_handout(args) -> int:
+        lesson = get_lesson(args.lesson)
+        functions = [e.function for e in load_checks(lesson)]
+        target = ws.handout(lesson, Path(args.out), functions, force=args.force)
+        print(f"handout of lesson {lesson.id} in {target}: {', '.join(sorted(p.name for p in target.iterdir()))}")
+        return 0
+
+    @command("grade", "instructors: grade a folder of submissions (one folder per student) in parallel",
+             arg("lesson", help="the lesson's id, e.g. 02"),
+             arg("submissions", metavar="SUBMISSIONS_DIR", help="one folder per student, each with its lesson.py"),
+             arg("--csv", default=None, metavar="FILE", help="write one row per student, a column per exercise"),
+             arg("--gradescope", default=None, metavar="FILE",
+                 help="write {student: Gradescope results.json object} as JSON"),
+             arg("--jobs", "-j", type=int, default=None, help="submissions graded at once (default: all cores)"),
+             arg("--seed", type=int, default=None, help="the inputs' seed (default: random, recorded)"),
+             arg("--model", default=None, help="the model the checks use (default: the lesson's)"),
+             arg("--time-limit", type=float, default=None, metavar="S", help="per exercise (default: lesson.json)"),
+             arg("--memory-limit", type=int, default=None, metavar="MB", help="per process (default: lesson.json)"),
+             description="Grade a folder of submissions (one folder per student, each with its lesson.py), in "
+                         "parallel; write a CSV and Gradescope results. " + ISOLATION_NOTE)
+    def cmd_grade(args) -> int:
+        from .classroom import grade_submissions, write_outputs
+
+        if args.jobs is not None and args.jobs < 1:
+            raise GradingError(f"--jobs must be at least 1, got {args.jobs}")
+        if not Path(args.submissions).is_dir():
+            raise GradingError(f"{args.submissions} is not a folder of submissions")
+        lesson = get_lesson(args.lesson)
+        lock = threading.Lock()
+
+        def done(student, report):
+            with lock:
+                print(f"  {student}: {report.score:g}/{report.max_score:g}", flush=True)
+
+        grades = grade_submissions(lesson, args.submissions, jobs=args.jobs, seed=args.seed, model=args.model,
+                                   time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done)
+        write_outputs(grades, args.csv, args.gradescope)
+        print(f"graded {len(grades.reports)} submissions of lesson {lesson.id} in {grades.seconds:.1f} s "
+              f"(seed {grades.seed}, model {grades.model})")
+        for path in (args.csv, args.gradescope):
+            if path:
+                print(f"  wrote {path}")
+        return 0
+
+    @command("autograder", "instructors: build the Gradescope autograder zip for a lesson",
+             arg("lesson", help="the lesson's id, e.g. 02"),
+             arg("--out", default="autograder.zip", metavar="FILE", help="the zip to write (default autograder.zip)"),
+             description="Build Gradescope's autograder zip (setup.sh, run_autograder, minimech and the lesson). "
+                         + ISOLATION_NOTE)
+    def cmd_autograder(args) -> int:
+        from .autograder import build_autograder
+
+        path = build_autograder(get_lesson(args.lesson), Path(args.out))
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): upload it as the assignment's autograder")
+        return 0
+
+    @command("autograder-run", "what the autograder zip's run_autograder calls: grade ROOT/submission",
+             arg("lesson", help="the lesson's id"),
+             arg("--root", default=None, metavar="DIR", help="default $MINIMECH_AUTOGRADER_ROOT or /autograder"))
+    def cmd_autograder_run(args) -> int:
+        import os
+
+        from .classroom import autograde
+
+        root = Path(args.root or os.environ.get("MINIMECH_AUTOGRADER_ROOT") or "/autograder")
+        results = autograde(args.lesson, root)
+        print(f"score {results['score']:g}; wrote {root / 'results' / 'results.json'}")
+        return 0
