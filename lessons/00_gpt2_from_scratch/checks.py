@@ -505,16 +505,27 @@ def _probe_tokens(sizes: dict) -> torch.Tensor:  # [2, pos]: fixed tokens both p
 
 @torch.no_grad()
 def load_reference(hf_sd, n_heads):
-    """Hugging Face's own GPT2LMHeadModel with these weights: its logits on fixed tokens."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """Hugging Face's own GPT2LMHeadModel with these weights: its logits on fixed tokens.
 
+    transformers is a test extra; without it, minimech's own loader (held to transformers' logits by minimech's
+    test suite) stands in."""
     sizes = _hf_sizes(hf_sd, n_heads)
-    hf = GPT2LMHeadModel(GPT2Config(**sizes, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)).eval()
     sd = {("" if k == "lm_head.weight" or k.startswith("transformer.") else "transformer.") + k: v
           for k, v in hf_sd.items()}
     sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])  # tied files leave it out
-    hf.load_state_dict(sd)
     tokens = _probe_tokens(sizes)
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        from minimech import GPT
+        from minimech.loading import hf_to_minimech
+
+        cfg = _minimech_cfg(sizes)
+        model = GPT(cfg, init=False)
+        model.load_state_dict(hf_to_minimech(sd, cfg))
+        return {"logits": model(tokens), "tokens": tokens}
+    hf = GPT2LMHeadModel(GPT2Config(**sizes, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)).eval()
+    hf.load_state_dict(sd)
     return {"logits": hf(tokens).logits, "tokens": tokens}
 
 
