@@ -1,6 +1,6 @@
 """What a lesson's checks.py and bugs.py are written with: Case, CaseContext, Exercise and Bug.
 
-The contract (lessons/README or /tmp/exp/lesson_spec.md): `cases(ctx)` builds the inputs of several calls of the
+The contract (lessons/README.md): `cases(ctx)` builds the inputs of several calls of the
 learner's function, deterministically from ctx.seed. The grader calls it twice, with equal seeds: in the process that
 runs the learner's code (to make the inputs) and in the trusted grading process (to make the same inputs for
 `reference`). `reference` and `compare` run only in the grading process.
