@@ -46,3 +46,7 @@ __all__ += ["ablate_memories", "resample_ablate_heads", "resample_ablate_mlps", 
             "TopActivation", "memory_activations", "memory_logits", "search_corpus", "top_activating", "DamageTable",
             "EditResult", "InterventionError", "ablation_damage", "fact_layer", "key_covariance", "mean_activation",
             "rank_one_update", "rome_edit", "shipped_behaviours", "steer", "steering_vector"]
+
+from .attribution_patching import agreement, attribution_patch_heads, attribution_patch_resid
+
+__all__ += ["agreement", "attribution_patch_heads", "attribution_patch_resid"]
