@@ -72,7 +72,7 @@ class Target:
     def __init__(self, model, tokens: torch.Tensor):
         n = model.cfg.n_layers
         names = [f"blocks.{l}.{h}" for l in range(n) for h in ("hook_resid_pre", "attn.hook_k", "attn.hook_v")]
-        self.logits, self.cache = model.run_with_cache(tokens, names=names + ["ln_final.hook_scale"])
+        self.logits, self.cache = model.run_with_cache(tokens, names=names)
         self.batch, self.n_pos = tokens.shape
 
     def resid_pre(self, layer: int) -> torch.Tensor:  # [batch, pos, d_model]
