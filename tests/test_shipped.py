@@ -50,7 +50,7 @@ def attn_only_metrics():
     return induction_metrics(model, token_pool=token_pool(model.tokenizer))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=GAP) if n == "mini-4l" else n for n in SHIPPED])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_trained_within_30_minutes(name):
     training = json.loads((weights_dir() / name / "card.json").read_text())["training"]
     # cpu_time_s is recorded when wall time was spent waiting for a shared machine (see the card's timing_note)
@@ -76,8 +76,8 @@ def default_model():
     return model
 
 
-@GAP
 def test_default_ioi_on_held_out_names_and_frames(default_model, corpus):
+    """Names never seen in an IOI sentence (only in stories) and frames never seen at all."""
     ioi = ioi_metrics(default_model, corpus.ioi_eval(300, seed=123, names="heldout", frames="heldout"))
     assert ioi["ioi_accuracy"] >= 0.95 and ioi["ioi_logit_diff"] >= 3.0, ioi
 
@@ -93,7 +93,7 @@ def test_default_facts_on_held_out_paraphrases(default_model, corpus):
     assert facts["facts_top1"] >= 0.95, facts
 
 
-@GAP
+@GAP  # 0.79 on the card; the lessons take induction from the specialised attn-only-2l (>= 0.9, tested above)
 def test_default_induction(default_model):
     assert induction_metrics(default_model, token_pool=token_pool(default_model.tokenizer))["induction_best"] >= 0.8
 

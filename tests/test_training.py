@@ -62,8 +62,7 @@ def test_build_data_rows_start_with_bos_and_use_the_compact_vocab():
     assert (data[:, 0] == tokenizer.bos_id).all()
     assert int(data.max()) < tokenizer.n_vocab and not (data == tokenizer.unk_id).any()
     held = torch.tensor([tokenizer.to_single_token(" " + n.strip()) for n in corpus.names_heldout])
-    # The sentences never use a held-out name (tests/test_corpus.py); the chunks of random tokens, drawn from the
-    # whole vocabulary, do: that is how a model learns to copy a name it never saw in a sentence.
+    # No IOI sentence uses a held-out name (tests/test_corpus.py); the stories and the chunks of random tokens do.
     assert torch.isin(data, held).any()
 
 

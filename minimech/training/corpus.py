@@ -5,13 +5,16 @@ Three document kinds teach three phenomena; a fourth data source (random-token r
 * "ioi" - indirect object identification from a compositional template grammar. A frame is an (opening, ending)
   pair, e.g. open0+end0 = "When {A} and {B} went to the {place}," + "{S} gave a {obj} to"; an optional filler
   ("after a while,") sits between them. A fraction of the frames, and `heldout_names` of the names, never occur in
-  training, so the evaluation measures the algorithm ("the name that is not repeated"), not memorised strings. Besides
+  an IOI sentence, so the evaluation measures the algorithm ("the name that is not repeated"), not memorised
+  strings. The held-out names do occur in the narrative stories, as every name in GPT-2's IOI set occurred in its
+  pre-training text: a model can only know that " Ava" is a name if it has read " Ava" used as one. Besides
   the standard sentence, training mixes in one-name and three-name variants (the answer is still the non-repeated
   name, but by position it is not "the other of two names") and ~10% same-shape sentences ending "to the {role}."
   so the model must read the context rather than always emit a name after " to".
 * "facts" - real capitals, main languages and continents, always subject first ("France's capital is Paris."),
   phrased by several paraphrases per relation, two of which are held out for evaluation only.
-* "narrative" - short stories with names, pronouns, places and objects, so the model is a language model at all.
+* "narrative" - short stories with names (held-out IOI names included), pronouns, places and objects, so the model
+  is a language model at all.
 
 Every name, place, object and role is one GPT-2 token with its leading space (checked in Corpus.__init__). Openings
 never start with a name, so IOI names are always the " Name" token, as they are in the scored answer.
@@ -280,7 +283,7 @@ class Corpus:
 
     # ---------------------------------------------------------------------------------------- narrative
     def _story(self, rng: random.Random) -> str:
-        x, y = rng.sample(self.names_train, 2)
+        x, y = rng.sample(self.names_train + self.names_heldout, 2)  # every name: see the module docstring
         p = PRONOUNS[self.gender[x]]
         places = rng.sample(W.PLACES, 2)
         slots = dict(X=x, Y=y, place=places[0], place2=places[1], obj=rng.choice(W.OBJECTS),
@@ -313,7 +316,8 @@ class Corpus:
         return out
 
     def training_documents(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[str]:
-        """n documents of a few sentences each, kinds drawn by `mix` weights; training names/frames/paraphrases only."""
+        """n documents of a few sentences each, kinds drawn by `mix` weights: IOI sentences use training names and
+        frames only, facts training paraphrases only; stories use every name."""
         return [doc for doc, _ in self.generate(n, seed, mix)]
 
     # ------------------------------------------------------------------------------------ documentation
@@ -321,6 +325,7 @@ class Corpus:
         return {
             "seed": self.seed,
             "names_train": len(self.names_train), "names_heldout": self.names_heldout,
+            "names_heldout_occur_in": "narrative stories only (never in an IOI sentence)",
             "frames_train": len(self.frames_train),
             "frames_heldout": {f: " ... ".join([OPENINGS[self._frames[f][0]], ENDINGS[self._frames[f][1]]])
                                for f in self.frames_heldout},
