@@ -24,7 +24,7 @@ import torch
 
 from ..errors import MinimechError
 from .ablation import Metric, metric_value, require_mlps
-from .fastpatch import Suffix, Target, finish_mlp, run_suffixes
+from .fastpatch import FastBlock, Suffix, Target, finish_mlp, run_suffixes
 
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_COMPONENTS = {"z": "attn.hook_z", "result": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k",
@@ -150,24 +150,23 @@ def patch_attn(model, clean_tokens, corrupted_tokens, metric: Metric, **kwargs) 
 def _head_suffixes(model, target: Target, source_z, target_cache, positions) -> list[Suffix]:
     """Suffixes for patching hook_z of one head: at every position (positions=None) or at each given one."""
     suffixes = []
-    n_pos = target.n_pos
     for layer, block in enumerate(model.blocks):
-        W_O = block.attn.W_O  # [head, d_head, d_model]
         mid = target_cache[f"blocks.{layer}.hook_resid_mid" if not model.cfg.attn_only
                            else f"blocks.{layer}.hook_resid_post"]  # [batch, pos, d_model]
         delta_z = source_z[layer] - target_cache[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
-        for head in range(model.cfg.n_heads):
-            delta = delta_z[:, :, head] @ W_O[head]  # [batch, pos, d_model]: the change in attn_out
-            for p in positions:
-                first = 0 if p is None else p
-                if p is not None:  # only position p is patched
-                    delta_p = torch.zeros_like(delta)
-                    delta_p[:, p] = delta[:, p]
-                else:
-                    delta_p = delta
-                new = finish_mlp(block, mid[:, first:] + delta_p[:, first:])  # [batch, pos - first, d_model]
+        # each head's change of attn_out: [head, batch, pos, d_model]
+        deltas = torch.einsum("bphe,hem->hbpm", delta_z, block.attn.W_O)
+        fast = FastBlock(block)
+        for p in positions:
+            if p is None:  # every position patched: the suffix starts at position 0
+                first, delta = 0, deltas
+            else:  # only position p changes in this block; later positions change only through later attention
+                first, delta = p, torch.zeros_like(deltas[:, :, p:])
+                delta[:, :, 0] = deltas[:, :, p]
+            new = fast.finish_mlp(mid[None, :, first:] + delta)  # [head, batch, pos - first, d_model]
+            for head in range(model.cfg.n_heads):
                 key = (layer, head) if p is None else (layer, head, p)
-                suffixes.append(Suffix(key, layer + 1, first, new))
+                suffixes.append(Suffix(key, layer + 1, first, new[head]))
     return suffixes
 
 
