@@ -28,7 +28,7 @@ IOI = [  # (prompt, indirect object, subject): the shipped models' vocabularies 
     ("After Sarah and David went to the school, David handed the book to", " Sarah", " David"),
     ("After Sarah and David went to the school, Sarah handed the book to", " David", " Sarah"),
 ]
-FACTS = ["The capital of Japan is Tokyo. The capital of France is", "Germany is a country located in",
+FACTS = ["Japan's capital is Tokyo. France's capital is", "Germany is a country located in",
          "In Brazil, people speak"]
 
 

@@ -188,7 +188,7 @@ def prediction_forms_at(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-FACTS = ["The capital of Japan is Tokyo. The capital of France is", "Germany is a country located in",
+FACTS = ["Japan's capital is Tokyo. France's capital is", "Germany is a country located in",
          "When Mary and John went to the store, John gave a drink to"]
 
 if MAIN:
@@ -302,5 +302,6 @@ if MAIN:
 # The stream is a sum you can audit: its components add up to it to float precision, and so do their direct effects
 # on a logit difference. The logit lens shows *when* the answer appears; direct logit attribution shows *who* writes
 # it. Compare the two rankings printed for the shipped model: a head in an early layer can matter a great deal for
-# IOI while writing almost nothing to the logits itself. It works through later heads, which direct attribution, by
-# construction, does not see; lessons on ablation and patching measure that total effect.
+# IOI while writing almost nothing to the logits itself (on mini-4l, L0H2: a direct effect of 0.00, yet third in the
+# card's ablation ranking). It works through later heads, which direct attribution, by construction, does not see;
+# lessons on ablation and patching measure that total effect.

@@ -135,9 +135,9 @@ if MAIN:
         print(f"   p_ABC, scored with the clean names: {abc_diffs.mean():.3f}")
 
 # %% [markdown]
-# On mini-4l (32 prompts) the mean logit difference is about 11.9 and the IO wins on every prompt; GPT-2 small's is
-# 3.55 on the paper's prompts. A logit difference of 11.9 means odds of e^11.9 (about 150 000 to 1) for IO over S.
-# On the p_ABC prompts the clean names are gone and the difference drops to about zero.
+# On mini-4l (32 prompts) the mean logit difference is about 9.9 and the IO wins on every prompt; GPT-2 small's is
+# 3.55 on the paper's prompts. A logit difference of 9.9 means odds of e^9.9 (about 20 000 to 1) for IO over S.
+# On the p_ABC prompts the clean names are gone and the difference drops to about -0.6, a little below zero.
 #
 # ## Exercise 03.2: Direct logit attribution, head by head
 #
@@ -181,10 +181,11 @@ if MAIN:
         print(f"   figure: {path}")
 
 # %% [markdown]
-# On mini-4l (32 prompts) two heads write most of the heads' direct share: **L3H3** (about +1.7) and **L2H0**
-# (+1.6), while the MLPs write more than any head (L3MLP +3.6, L0MLP +2.2, L2MLP +1.8). The head the card says matters
-# most when ablated, **L0H1**, has a direct effect of only +0.16: whatever it does, it does mostly through later
-# components. Direct attribution alone would have missed it. That is what patching is for.
+# On mini-4l (32 prompts) one head writes most of the heads' direct share: **L2H3** (about +2.1), then L3H0 (+0.93),
+# L3H1 (+0.70) and L2H1 (+0.67). The late MLPs write more than any head (L3MLP +2.9, L2MLP +2.5); MLP0 writes nothing
+# directly (-0.02), yet mean-ablating it leaves a logit difference of about 0.1. The heads the card ranks next after
+# L2H3, **L1H2** and **L0H2**, have direct effects of only +0.13 and -0.01: whatever they do, they do through later
+# components. Direct attribution alone would have missed them. That is what patching is for.
 #
 # ## Exercise 03.3: Activation patching of one head
 #
@@ -226,9 +227,12 @@ if MAIN:
         print(f"   {label(circuit_heads(model)[0])} at END only: {(end - m_abc) / (m_clean - m_abc):+.3f}")
 
 # %% [markdown]
-# No single head brings back much on mini-4l (L0H1 about 0.27, L2H0 0.25, L3H3 0.22): p_ABC changes every name, so
-# one clean head alone cannot restore a prompt whose other heads all read the wrong names. Patching answers "is this
-# activation *sufficient* to restore the behaviour?", which is a stricter question than "is it needed?".
+# On mini-4l one head brings back more than half: **L2H3**, about 0.59 of the way, nearly all of it from END alone
+# (0.59). Its clean output at END is a copy of the clean IO's name: pasting it writes the answer itself. The other
+# card heads bring back little (L2H1 0.14, L1H2 0.12, L0H2 0.10, L1H0 0.01): p_ABC changes every name, so an early
+# head's clean output reaches later heads that still read the wrong names. Patching answers "is this activation
+# *sufficient* to restore the behaviour?", which is a stricter question than "is it needed?": mean-ablated, L1H2
+# alone costs about 2.7 of the 9.9.
 #
 # ## Exercise 03.4: A residual-stream sweep
 #
@@ -269,10 +273,12 @@ if MAIN:
             print(f"   layer {l}: strongest at {columns[best]} ({sweep[l, best]:.2f})")
 
 # %% [markdown]
-# Read the figure from top to bottom. Before block 0 the information sits where the names are, and above all at S2,
-# the repeated name (about 0.3 on these 8 prompts): the clean S2 says "this name is the subject". From block 1 on it
-# has moved to END (about 0.36, 0.44, 0.81 in blocks 1, 2, 3), where the answer is read. Between the two, attention
-# heads in layer 0 carried it from S2 to END.
+# Read the figure from top to bottom. Before block 0 the information sits at S2, the repeated name (about 0.25 on
+# these 8 prompts; IO and S1 alone restore almost nothing): the clean S2 says "this name is the subject". Before
+# block 1 it is split between S2 (0.14) and END (0.12); from block 2 on it is at END (about 0.23 and 0.82 in blocks 2
+# and 3), where the answer is read. Attention heads in layers 0 and 1 carried it from S2 to END. Block 2's 0.23 is
+# low because its name movers still fetch the name from the names' own positions, which hold other names in the
+# corrupted run; after block 2 the name has been copied to END.
 #
 # ## Exercise 03.5: Path patching to the logits
 #
@@ -314,10 +320,11 @@ if MAIN:
                   f"{(m - m_clean) / (m_clean - m_abc):+.3f}")
 
 # %% [markdown]
-# On mini-4l, L0H1's path to the logits is strong (about -0.41 of the whole effect) but collapses to -0.01 once the
-# MLPs are frozen: it acts *through* the MLPs. L3H3 and L2H0 keep a good part of theirs (-0.19 of -0.28, -0.11 of
-# -0.26): they write to the logits themselves. And L0H1 and L1H2 also feed the name movers' queries at END (about
-# -0.14 and -0.09 of the effect through that path alone).
+# On mini-4l, L2H3's path to the logits is the strongest (about -0.44 of the whole effect) and keeps -0.15 once the
+# MLPs are frozen: it writes the name to the logits itself, and the MLPs after it (layers 2 and 3) carry the other
+# two thirds. L1H2 and L0H2 have little path to the logits (-0.07 and -0.05; -0.02 and 0.00 with the MLPs frozen),
+# but a strong one into the name movers' queries at END (about -0.23 and -0.18 of the effect through that path
+# alone): like GPT-2's S-inhibition heads, they tell the name movers which name *not* to copy.
 #
 # ## Classes of heads: which of the paper's exist here?
 #
@@ -344,18 +351,26 @@ if MAIN:
 # %% [markdown]
 # What the table says for mini-4l (compare it with your own run):
 #
-# * **Name movers exist**: L2H0 and L3H3 attend from END to the IO (about 0.72 and 0.57 of their attention, against
-#   0.18 and 0.12 to S1), copy what they read (copying scores +0.83 and +0.93) and write the IO's logit directly.
-# * **S-inhibition-like heads exist, in layers 0 and 1**: L0H1 (0.82), L1H2 (0.73) and, weaker, L0H3 (0.40) attend
-#   from END to S2. Their copying scores are negative (-0.22, -0.37): what they read, they push down. Their output
-#   reaches the name movers' queries and, for L0H1, mostly the MLPs, which then push the subject's logit down. In
-#   GPT-2 these heads sit in layers 7-8 and read a "duplicate" flag that earlier heads wrote at S2; here they need no
-#   such flag: in the corpus's frames S2 is always the first name of the second clause, so *where* it is suffices.
-# * **No duplicate-token, induction or previous-token heads**: no head attends from S2 to S1 with more than 0.17,
-#   the induction scores stay below 0.06 and the previous-token scores below 0.25 (the card lists no induction or
-#   previous-token heads). The corpus never made them necessary for IOI.
+# * **Name movers exist**: L2H3 and L2H1 attend from END to the IO (about 0.79 and 0.78 of their attention, against
+#   0.20 and 0.21 to S1), and so, more weakly in effect, do L3H0 and L3H1 (0.85, 0.89); all four write the IO's
+#   logit directly. The copying column is negative for *every* head, name movers included: it reads the raw token
+#   embeddings, and here MLP0 rewrites each token before layer 2 reads it. Read through the residual stream as
+#   layer 2 sees it at the IO's position, L2H3's OV circuit ranks the IO's own logit first among 67 names on 94 % of
+#   prompts: it copies.
+# * **The name movers are the induction heads**: L2H3 and L2H1 are also this model's induction heads (induction
+#   scores 0.79 and 0.45). In GPT-2, induction heads work at S2 and flag the repeat for later heads; here they put no
+#   attention (0.01 or less) from S2 on the token after S1, and they sit *after* the S-inhibition-like heads: the
+#   model reuses them to copy the name at END.
+# * **S-inhibition-like heads exist, in layers 0 and 1**: L1H2 (0.89) and L0H2 (0.70) attend from END to S2 and
+#   feed the name movers' queries (path patching above). Mean-ablated together they take the logit difference to
+#   about -0.2, though each alone costs only 1.4-2.7: they back each other up. In GPT-2 these heads sit in layers
+#   7-8 and read a "duplicate" flag that earlier heads wrote at S2; here they need no such flag (L0H2 reads only the
+#   embeddings): in the corpus's frames S2 is always the first name of the second clause, so *where* it is suffices.
+# * **No duplicate-token heads, no clear previous-token head**: no head attends from S2 to S1 with more than 0.07 and
+#   the duplicate-token scores stay below 0.03. The strongest previous-token score is L1H0's 0.39, under the card's
+#   threshold of 0.5; L1H0 matters for induction, but little for IOI.
 # * **Negative name movers**: none of this model's heads has a clearly negative direct effect (the smallest is
-#   about -0.01).
+#   L2H0's, about -0.07).
 #
 # ## Exercise 03.6: Circuit faithfulness
 #
@@ -394,10 +409,10 @@ if MAIN:
                   f"{circuit_faithfulness_ratio(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, less):.1%}")
 
 # %% [markdown]
-# The card's five heads keep about 86 % of mini-4l's logit difference with per-position means (78 % with the
-# paper's per-template means); the paper's circuit keeps 87 % of GPT-2's. Dropping L0H1 costs the most (66 % left),
-# then L2H0 and L3H3 (68 %, 69 %); dropping L0H3 costs nothing. (The MLPs are never ablated here: the circuit is
-# "these heads plus every MLP".)
+# The card's five heads keep about 93 % of mini-4l's logit difference with per-position means (87 % with the
+# paper's per-template means); the paper's circuit keeps 87 % of GPT-2's. Dropping L2H3 costs the most (53 % left),
+# then L1H2 and L0H2 (66 %, 70 %); dropping L2H1 costs least (90 %). (The MLPs are never ablated here: the circuit
+# is "these heads plus every MLP".)
 #
 # ## With GPT-2's own weights
 #
@@ -431,8 +446,9 @@ if MAIN:
 # %% [markdown]
 # ## What you found
 #
-# mini-4l solves IOI with about five heads and its MLPs: heads in layers 0-1 find the repeated name at END, the MLPs
-# turn that into "not this name", and two late name movers copy the other name into the logits. Each method saw a
-# different part: direct attribution saw the name movers and missed L0H1; activation patching showed that no one
-# head suffices; path patching separated "writes to the logits" from "acts through the MLPs"; faithfulness measured
-# how much the named heads explain. Lesson 04 opens the MLPs.
+# mini-4l solves IOI with about five heads and its MLPs, laid out more like GPT-2's circuit than its size suggests:
+# heads in layers 0-1 find the repeated name from END and tell the name movers' queries which name not to copy, the
+# name movers of layers 2-3 (led by L2H3, also an induction head) copy the other name, and the late MLPs amplify it.
+# Each method saw a different part: direct attribution saw the name movers and missed L1H2 and L0H2; activation
+# patching showed that only L2H3's output suffices on its own; path patching separated "writes to the logits" from
+# "feeds the name movers' queries"; faithfulness measured how much the named heads explain. Lesson 04 opens the MLPs.

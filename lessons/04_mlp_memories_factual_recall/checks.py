@@ -406,7 +406,8 @@ def restore_cases(ctx) -> list[Case]:
     items = _trace_inputs(ctx, gen, 2)
     for i, (m, t, sp, ans, nz, label) in enumerate(items):
         n_layers, last = m.cfg.n_layers, t.shape[1] - 1
-        picks = [("mlp", 0, last)] if i == 0 else []  # where the card says mini-4l's facts are traced
+        # where the card says mini-4l's facts are traced, and the stream there (whose next layer still matters)
+        picks = [("mlp", 0, sp[-1]), ("resid", 0, sp[-1])] if i == 0 else []
         picks.append((["resid", "mlp", "attn"][_int(gen, 0, 2)], _int(gen, 0, n_layers - 1), sp[-1]))
         if i == len(items) - 1:
             picks.append(("resid", _int(gen, 0, n_layers - 2), _int(gen, sp[-1], last)))

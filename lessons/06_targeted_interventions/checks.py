@@ -356,7 +356,7 @@ def steer_cases(ctx) -> list[Case]:
     train, heldout = corpus_facts.fact_eval("train"), corpus_facts.fact_eval("heldout")
     countries = sorted({f.subject for f in train})
     a, b = _pick(gen, countries, 2)
-    hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
+    hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"  # where the vector moves the answer (see lesson.py)
     with _one_thread():
         vector = steering_vector(model, _prompts(train, a, "capital"), _prompts(train, b, "capital"), hook=hook)
     prompts = [f.prompt for f in heldout if f.relation == "capital" and f.paraphrase == "capital/6"]

@@ -22,7 +22,7 @@
 # 1. **Ablate a circuit** (Wang et al. 2022's IOI heads): mean-ablate the heads and measure IOI, facts, induction
 #    and plain text before and after.
 # 2. **Steer** with an activation difference (Turner et al. 2023, ActAdd): add "Spain minus France" to the residual
-#    stream and watch France's capital become Madrid, and other countries' facts break.
+#    stream, find where it turns France's capital into Madrid, and watch other countries' facts break.
 # 3. **Edit one fact** with a rank-one update (Meng et al. 2022, ROME): make "France's capital is" say " Rome" and
 #    count the other facts that still come out right.
 #
@@ -101,7 +101,7 @@ if MAIN:
 # # Part 1 · Knocking out a circuit
 #
 # Lesson 03 found mini-4l's IOI circuit; the model card lists its five most important heads,
-# `card_heads(model, "ioi")`: L0H1, L1H2, L3H3, L0H3 and L2H0. If those heads *are* the IOI mechanism, removing
+# `card_heads(model, "ioi")`: L2H3, L1H2, L0H2, L1H0 and L2H1. If those heads *are* the IOI mechanism, removing
 # them should remove IOI. **Mean ablation** removes what a head says about *this* prompt and keeps what it says about
 # every prompt: its output `z` is replaced by its average over reference prompts, one average per position
 # (position 0, the BOS, and position 10 carry very different typical activations). Zero ablation would instead
@@ -140,14 +140,16 @@ if MAIN:
         print(f"   max |yours - ablation_damage's logits| = {(logits - captured[-1]).abs().max():.2e}")
         print(f"   IOI logit difference: {metric(model(ds.tokens)):.2f} -> {metric(logits):.2f} without "
               f"{label(heads)}")
-        for name, zero in [("L0H1 alone", [(0, 1)]), ("without L0H1", [h for h in heads if h != (0, 1)])]:
-            if all(h in heads for h in zero):
+        top = heads[0]  # the head the card ranks first
+        for name, zero in [(f"{label([top])} alone", [top]), (f"all but {label([top])}", heads[1:])]:
+            if zero:
                 print(f"   {name}: {metric(mean_ablated_logits(model, ds.tokens, zero, abc.tokens)):.2f}")
 
 # %% [markdown]
-# On mini-4l's 32 prompts the logit difference falls from about 11.9 to about -0.4: with its five heads gone, the
-# model no longer tells the indirect object from the subject (L0H1 alone takes it to about 5.7). Has IOI been
-# *removed*, though, or has the model been broken? A surgeon who cuts out the wrong organ also stops the symptom.
+# On mini-4l's 32 prompts the logit difference falls from about 9.9 to about 0.75: with its five heads gone, the
+# model barely tells the indirect object from the subject (L2H3 alone takes it to about 6.9; the other four without
+# L2H3, to about -0.7). Has IOI been *removed*, though, or has the model been broken? A surgeon who cuts out the wrong
+# organ also stops the symptom.
 #
 # ## Exercise 06.2: The damage elsewhere
 #
@@ -200,18 +202,21 @@ if MAIN:
 #
 # | heads ablated | IOI logit diff | facts mean log P | induction | text loss |
 # |---|---|---|---|---|
-# | none | 11.19 | -0.09 | -7.48 | 1.11 |
-# | the five IOI heads | **0.31** | **-4.57** | -7.47 | 1.87 |
-# | L1H2, L3H3, L2H0 | 7.00 | -0.18 | -7.49 | 1.39 |
-# | five quiet heads (control) | 11.27 | -0.29 | -7.49 | 1.19 |
+# | none | 10.97 | -0.04 | -4.33 | 1.08 |
+# | the five IOI heads | **2.33** | **-3.92** | **-7.48** | 2.48 |
+# | L2H3, L1H2, L1H0, L2H1 | 3.89 | -1.87 | -7.52 | 1.60 |
+# | five quiet heads (control) | 10.79 | -0.31 | -4.64 | 1.17 |
 #
 # The IOI heads are **not** an IOI module. Ablating them takes the model's facts down with IOI (mean log P of the
-# right answer from -0.09 to -4.57: from about 92 % to about 1 %) and raises the loss on ordinary text by two
-# thirds. The culprit is mostly layer 0: L0H1 and L0H3 are early heads that move information about *which word came
-# where*, and facts need that as much as IOI does (lesson 04 found facts recalled at the last token after layer 0's
-# attention brought the subject there). The three later heads are much more specific: they cost IOI 4.2 of its 11.2
-# and facts only 0.09. ("Induction" does not move because mini-4l has no induction heads: its loss on repeated
-# random tokens is high whatever we ablate.)
+# right answer from -0.04 to -3.92: from about 96 % to about 2 %), wipes out induction (the loss on the repeated
+# half rises from 4.33 to 7.48, worse than a uniform guess over 1 378 tokens, 7.23) and more than doubles the loss
+# on ordinary text. Two heads do most of the collateral damage. L0H2, in layer 0, moves information about *which
+# word came where*, which facts and text need as much as IOI does: without it in the set, the facts lose half as
+# much and the text a third as much. And L2H3 is three things at once: IOI's main name mover, the model's strongest
+# induction head, and the head that carries the country from the subject to the last token of a fact prompt (0.69
+# of its attention there). Ablated alone it costs IOI 2.0, facts 1.6 and induction 2.2. So the four heads after
+# layer 0 are not specific either: they still cost the facts 1.8 and take all of induction with them (L2H3 and L2H1
+# are the induction heads, L1H0 the weak previous-token head they read).
 #
 # A circuit found by asking "what matters for IOI?" answers that question, not "what matters *only* for IOI?". To
 # remove a behaviour, you want the components that are necessary for it and unnecessary for everything else, and
@@ -328,16 +333,21 @@ if MAIN:
         print(f"   figure: {path}")
 
 # %% [markdown]
-# On mini-4l, from coefficient 0.75 both held-out capital prompts for France say **" Madrid"**. The language prompts
-# move too: one says " Spanish" already at 0.5, the other leaves " French" for " Hindi": the vector, built from
-# capital prompts only, carries "Spain" (and "not France") more than "Madrid". The continent prompts stay " Europe"
-# (Spain is in Europe too) until coefficient 1.5, where they also say Madrid.
+# On mini-4l nothing moves: at every coefficient up to 2, France's six held-out prompts keep " Paris", " French"
+# and " Europe", and the other 58 countries' facts stay 100 % right. At `blocks.2.hook_resid_pre` the last token
+# does not know yet which country the prompt is about: layer 2's attention (mostly L2H3) brings it there. So Spain's
+# prompts and France's look alike at that point (|vector| 1.6, against a residual norm of about 21), and a larger
+# coefficient only garbles the prompt (at 16: " governed", " Asia", never " Madrid").
 #
-# Applied to the other 58 countries' held-out facts at their last token, the same vector halves the accuracy
-# (99.4 % → 48.9 % at coefficient 1; their capitals fall to about 9 %), yet only 4.6 % of the prompts turn into
-# " Madrid". Steering writes a direction into the stream wherever you add it; it does not know which prompts are
-# about France. Used on France's prompts only, it is targeted by construction, but it is a change to the *forward
-# pass*, not to what the model knows: run the model without the hook and Paris is back.
+# Read and add the vector one layer later, at `blocks.3.hook_resid_pre` (change `hook` and run again): there the
+# difference is about 21 long, and at coefficient 1 both held-out capital prompts for France say **" Madrid"**, one
+# language prompt says " Spanish" (the other, at 2): the vector, built from capital prompts only, carries "Spain"
+# more than "Madrid". The continent prompts stay " Europe" (Spain is in Europe too). Applied to the other countries'
+# held-out facts at their last token, it halves their accuracy (100 % → 51 % at coefficient 1; their capitals fall
+# to 59 %), yet only 0.6 % of the prompts turn into " Madrid". Steering writes a direction into the stream wherever
+# you add it; it does not know which prompts are about France, and it only works where the stream already holds
+# what it is meant to change. Used on France's prompts only, it is targeted by construction, but it is a change to
+# the *forward pass*, not to what the model knows: run the model without the hook and Paris is back.
 
 # %% [markdown]
 # # Part 3 · Rewriting one fact: ROME
@@ -467,24 +477,24 @@ if MAIN:
 # %% [markdown]
 # What mini-4l shows (every phrasing of France's facts; the held-out phrasings of the other subjects):
 #
-# - The edit works on the prompt it was made for: P(" Rome") goes from 0.001 to 0.88.
-# - It generalises partly: on France's seven other capital phrasings P(" Rome") rises from 0.001 to about 0.58 on
+# - The edit works on the prompt it was made for: P(" Rome") goes from 0.000 to 0.92.
+# - It generalises partly: on France's seven other capital phrasings P(" Rome") rises from 0.001 to about 0.64 on
 #   average.
-# - It is specific to France, not to the relation. The other subjects' facts are almost all intact (answer above
-#   0.5 on 96.6 % of them, from 99.2 %; the toolkit's top-1 count over all 1 252 other prompts: 99.8 % → 98.7 %),
-#   but **France's other relations suffer**: its languages and continent keep their answer above 0.5 in 69 % of
-#   the prompts, from 100 % (top-1: 85 %). The edit changed what *France's* key at layer 0 maps to, and everything
+# - It is specific to France, not to the relation. The other subjects' facts are mostly intact (answer above 0.5
+#   on 94.4 % of them, from 100 %; the toolkit's top-1 count over all 1 252 other prompts: 100 % → 95.8 %), but
+#   **France's other relations suffer**: its languages and continent keep their answer above 0.5 in 69 % of the
+#   prompts, from 100 % (top-1 the same). The edit changed what *France's* key at layer 0 maps to, and everything
 #   the model says about France reads from it.
-# - With `C = I` the same new value fails even on its own prompt (P(" Rome") 0.025), and half of all other facts
-#   lose their answer. The shares printed under 06.5 say why: with `C = I` the keys of "'s", " capital" and " is"
-#   in the same prompt get 30-60 % of the change too, because they point partly the same way as France's key in
-#   plain geometry; `C⁻¹k` is the direction that typical keys do not share, and with it they get a few percent.
-#   In mini-4l, whose facts are recalled at the *last* token (lesson 04), that is the difference between editing
-#   one fact and rewriting the lookup itself.
+# - With `C = I` the same new value does badly even on its own prompt (P(" Rome") 0.19), and almost every fact
+#   loses its answer (none of France's others, 0.3 % of the other subjects'). The shares printed under 06.5 say why:
+#   with `C = I` the keys of "'s", " capital" and " is" in the same prompt get 54-82 % of the change too (the BOS
+#   38 %), because they point partly the same way as France's key in plain geometry; `C⁻¹k` is the direction that
+#   typical keys do not share, and with it they get about 1 %. Every fact prompt is made of keys like those, so with
+#   `C = I` the edit rewrites every fact's lookup at once instead of one fact.
 #
-# Compare the three interventions by where their damage went: the ablation damaged whole *behaviours* (facts and
-# text with IOI); the steering vector damaged whatever *prompts* it was added to; the edit damaged the *subject*
-# whose key it rewrote. Each is targeted along one axis only.
+# Compare the three interventions by where their damage went: the ablation damaged whole *behaviours* (facts,
+# induction and text with IOI); the steering vector, once added where it worked, damaged whatever *prompts* it was
+# added to; the edit damaged the *subject* whose key it rewrote. Each is targeted along one axis only.
 
 # %% [markdown]
 # ## With GPT-2's own weights
@@ -498,5 +508,6 @@ if MAIN:
 # ## What you found
 #
 # Knowing *where* a mechanism is lets you switch it off, push it, or rewrite it, and each time the damage elsewhere
-# tells you how well you knew it. mini-4l's IOI heads are shared with its facts; its Spain direction carries Spain's
-# language with its capital; its layer-0 key for France holds every France fact at once.
+# tells you how well you knew it. mini-4l's IOI heads are shared with its facts and its induction; its Spain
+# direction exists at the last token only after layer 2, and there it carries Spain's language with its capital;
+# its layer-0 key for France holds every France fact at once.
