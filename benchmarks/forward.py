@@ -13,6 +13,10 @@ another process hits all of them alike; the table shows medians. The cache's mem
 cached tensor; "distinct" counts each new storage once (resid_post of block l *is* resid_pre of block l + 1) and
 leaves out views of the weights (hook_pos_embed is an expanded view of W_pos, not a copy).
 
+run_with_cache asks glibc's malloc to keep freed memory for reuse (minimech/memory.py), which turns on in the warm-up
+and then holds for every runner in the process; `MINIMECH_KEEP_FREED_MEMORY=0 python benchmarks/forward.py` measures
+with malloc's defaults (each cache then page-faults its memory in afresh).
+
 This is a script, not a test: nothing here runs under pytest.
 """
 

@@ -168,7 +168,9 @@ class HookedModule(nn.Module):
         grad=True; the forward runs without autograd unless grad=True.
         """
         from .cache import ActivationCache
+        from .memory import default_on_first_cache
 
+        default_on_first_cache()  # a cache needs fresh memory each run: let malloc keep what the last one freed
         if names is None:
             selected = [n for n in self.hook_names if not n.endswith("hook_result")]
         else:
