@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def fake_class(lesson, folder: Path) -> dict[str, str]:
     for name, text in students.items():
         (folder / name).mkdir(parents=True)
         (folder / name / "lesson.py").write_text(text)
+    # the partly right file, handed in as the Jupyter notebook a learner made from it (with an IPython magic)
+    (folder / "notebook").mkdir()
+    (folder / "notebook" / "lesson.ipynb").write_text(as_notebook("%matplotlib inline\n" + students["partial"]))
     (folder / "missing").mkdir()
     (folder / "missing" / "notes.txt").write_text("forgot the file")
     (folder / "missing" / "a.py").write_text("x = 1\n")
@@ -79,6 +83,14 @@ def fake_class(lesson, folder: Path) -> dict[str, str]:
     # a real lessons-folder solutions.py on the path, as a cheater would arrange
     shutil.copy(lesson.path / "solutions.py", folder / "imports_solutions" / "solutions.py")
     return students
+
+
+def as_notebook(text: str) -> str:
+    """A percent-format script as .ipynb JSON: a code cell per `# %%` block (what jupytext would make)."""
+    blocks = [b for b in re.split(r"^# %%.*$", text, flags=re.M) if b.strip()]
+    cells = [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+              "source": b.strip("\n").splitlines(keepends=True)} for b in blocks]
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -90,6 +102,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 EXPECTED = {
     "correct": {"99.1": ("pass", 2), "99.2": ("pass", 1), "99.3": ("pass", 3)},
     "partial": {"99.1": ("fail", PARTIAL_SOFTMAX), "99.2": ("pass", 1), "99.3": ("not attempted", 0)},
+    "notebook": {"99.1": ("fail", PARTIAL_SOFTMAX), "99.2": ("pass", 1), "99.3": ("not attempted", 0)},
     "crashing": {"99.1": ("error", 0), "99.2": ("pass", 1), "99.3": ("pass", 3)},
     "hanging": {"99.1": ("pass", 2), "99.2": ("timeout", 0), "99.3": ("pass", 3)},
     "exiting": {"99.1": ("exited", 0), "99.2": ("exited", 0), "99.3": ("pass", 3)},
@@ -106,7 +119,7 @@ MESSAGES = {  # a fragment of each lost exercise's message
     ("imports_solutions", "99.1"): "'solutions'", ("imports_solutions", "99.2"): "'solutions.py' by path",
     ("mutates_model", "99.3"): "parameter embed.W_E",
     ("syntax_error", "99.1"): "SyntaxError", ("missing", "99.1"): "no lesson.py",
-    ("partial", "99.1"): "wrong axis",
+    ("partial", "99.1"): "wrong axis", ("notebook", "99.1"): "wrong axis",
 }
 
 

@@ -3,9 +3,11 @@ against reference answers computed here, in the trusted grading process, from th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,6 +140,15 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
     learner_file = Path(learner_file)
     if not learner_file.is_file():
         raise GradingError(f"no such file: {learner_file}")
+    if learner_file.suffix == ".ipynb":  # a notebook: grade its code, written out as a script in a folder of its own
+        from .source import notebook_to_script
+
+        with tempfile.TemporaryDirectory(prefix="minimech-notebook-") as tmp:
+            script = Path(tmp) / "lesson.py"
+            script.write_text(notebook_to_script(learner_file), encoding="utf-8")
+            report = run_checks(lesson, script, exercises, seed, isolate, model, root, overrides, time_limit_s,
+                                memory_limit_mb, oracle)
+        return dataclasses.replace(report, learner_file=str(learner_file))
     if overrides and isolate:
         raise GradingError("overrides work only with isolate=False")
     all_exercises = load_checks(lesson)

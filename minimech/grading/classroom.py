@@ -33,16 +33,21 @@ class ClassGrades:
 
 
 def find_submission_file(folder: Path) -> Path:
-    """The learner's lesson file in a submission folder: lesson.py (the shallowest), else its only .py file."""
-    files = [p for p in Path(folder).rglob("*.py") if not any(part in IGNORED or part.startswith(".")
-                                                            for part in p.relative_to(folder).parts)]
-    named = sorted((p for p in files if p.name == "lesson.py"), key=lambda p: (len(p.parts), str(p)))
-    if named:
-        return named[0]
-    if len(files) == 1:
-        return files[0]
-    found = ", ".join(sorted(p.name for p in files)[:5]) or "no .py file"
-    raise GradingError(f"no lesson.py in {folder} (found {found}); hand in the lesson.py `minimech start` made")
+    """The learner's lesson file in a submission folder: lesson.py (the shallowest), else its only .py file, else
+    lesson.ipynb or its only notebook (graded through source.notebook_to_script)."""
+    def visible(pattern):
+        return [p for p in Path(folder).rglob(pattern) if not any(part in IGNORED or part.startswith(".")
+                                                                  for part in p.relative_to(folder).parts)]
+
+    for files, name in ((visible("*.py"), "lesson.py"), (visible("*.ipynb"), "lesson.ipynb")):
+        named = sorted((p for p in files if p.name == name), key=lambda p: (len(p.parts), str(p)))
+        if named:
+            return named[0]
+        if len(files) == 1:
+            return files[0]
+    found = ", ".join(sorted(p.name for p in visible("*.py") + visible("*.ipynb"))[:5]) or "no .py or .ipynb file"
+    raise GradingError(f"no lesson.py in {folder} (found {found}); hand in the lesson.py `minimech start` made "
+                       "(or the notebook you made from it)")
 
 
 def _lost_report(lesson: Lesson, exercises, seed: int, model: str, source: str, message: str) -> Report:

@@ -4,6 +4,7 @@ solution`. Edits are made on the source text (line ranges from ast), so comments
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 from .api import GradingError
@@ -115,3 +116,25 @@ def solution_source(lesson: Lesson, function: str) -> str:
         called = {n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name)}
         queue += [c for c in sorted(called) if c in functions and c not in in_lesson]
     return "\n\n\n".join("\n".join(lines[slice(*_span(functions[n]))]) for n in reversed(wanted)) + "\n"
+
+
+def notebook_to_script(path) -> str:
+    """A Jupyter notebook's cells as a jupytext percent-format script (what `jupytext --to py:percent` writes, near
+    enough to grade): code cells as they are, markdown cells as comments. IPython-only lines (%magic, !shell) are
+    commented out, since the grader runs the code as plain Python."""
+    path = Path(path)
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GradingError(f"{path} is not a readable Jupyter notebook ({type(e).__name__}: {e}); hand in the "
+                           "lesson.py `minimech start` made, or save the notebook again") from None
+    parts = []
+    for cell in cells:
+        source = cell.get("source", "")
+        text = "".join(source) if isinstance(source, list) else str(source)
+        if cell.get("cell_type") == "code":
+            lines = [f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in text.splitlines()]
+            parts.append("# %%\n" + "\n".join(lines))
+        elif cell.get("cell_type") == "markdown":
+            parts.append("# %% [markdown]\n" + "\n".join(f"# {line}".rstrip() for line in text.splitlines()))
+    return "\n\n".join(parts) + "\n"
