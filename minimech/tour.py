@@ -98,7 +98,7 @@ def run_tour(out_dir: str | Path = "minimech-out") -> Tour:
     for e, d in zip(examples, logit_diffs(model, [e.prompt for e in examples], [e.io for e in examples],
                                           [e.s for e in examples]).tolist()):
         s.lines.append(f"{d:+6.2f}  {e.prompt} [{e.io.strip()}]")
-    for names, what in (("train", "names seen in training"), ("heldout", "held-out names (never in a sentence)")):
+    for names, what in (("train", "names seen in training"), ("heldout", "held-out names (never in an IOI sentence)")):
         m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
         s.lines.append(f"100 prompts, held-out frames, {what}: mean logit diff {m['ioi_logit_diff']:.2f}, "
                        f"IO above S in {m['ioi_accuracy']:.0%}")

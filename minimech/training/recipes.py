@@ -121,10 +121,10 @@ def randomise_names(docs: list[list[int]], kinds: list[str], corpus: Corpus, tok
     """In `fraction` of the IOI documents, replace each name by a random token (the same token for every mention
     within the document), drawn from the whole vocabulary except the held-out names.
 
-    Why: a name the model never saw in a sentence (a held-out name) has no "is a name" features in its embedding, so
-    an IOI circuit that picks names by such features cannot generalise to it. With arbitrary tokens in the name slots,
-    what pays is the algorithm: find the token that the sentence's structure marks as the indirect object and copy
-    it. Held-out names still never occur in an IOI sentence.
+    Why: an IOI circuit that picks names by features only the training names have learned in IOI sentences cannot
+    generalise to a held-out name (seen only in stories). With arbitrary tokens in the name slots, what pays is the
+    algorithm: find the token that the sentence's structure marks as the indirect object and copy it. Held-out names
+    still never occur in an IOI sentence.
     """
     rng = random.Random(seed)
     names = {tokenizer.to_single_token(" " + n.strip()) for n in corpus.names_train}
