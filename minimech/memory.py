@@ -5,8 +5,8 @@ memory back to the next tensor: no new pages. A cache keeps every activation (80
 tokens), so each run needs that much *fresh* memory, and when the previous cache is dropped glibc returns most of it
 to the operating system (it trims the heap beyond 2 x the mmap threshold, and tensors above the threshold get their
 own mappings). The next run then page-faults all of it in again, and the kernel zeroes every page: measured here,
-that was the entire gap between a cached and a plain forward (benchmarks/forward.py; 1.32x -> 0.91x HF's forward at
-8 x 128, 1.88x -> 1.40x at 1 x 1024).
+that was the entire gap between a cached and a plain forward (benchmarks/forward.py, ratios to HF's forward:
+1.32x -> 0.91x at 8 x 128, 1.88x -> 1.31x at 1 x 1024).
 
 `keep_freed_memory()` asks glibc to keep freed memory for reuse instead (mallopt: tensors up to 32 MiB from the heap,
 heap trimmed only beyond 2 GiB free). The process keeps up to that much memory after a cache is dropped, for the next
