@@ -7,6 +7,8 @@
 Measured, for each input shape [batch x pos]:
   HF         GPT2LMHeadModel(tokens, use_cache=False) under torch.no_grad
   plain      minimech model(tokens) under torch.no_grad (hook points present, no hooks attached)
+  bare       the same minimech model with every HookPoint replaced by a plain identity (no hook points at all):
+             plain/bare is what the hook points cost when no hook is attached
   cache      minimech model.run_with_cache(tokens): every activation except hook_result
 The repetitions are interleaved (round-robin: rep 1 of every measurement, then rep 2, ...), so a burst of load from
 another process hits all of them alike; the table shows medians. The cache's memory is the sum of the bytes of every
@@ -66,6 +68,29 @@ def build_models(hf_attn: str | None):
     return hf, model.eval()
 
 
+class _Identity:
+    """Stands in for a HookPoint in the `bare` model: returns its input, never hooked, not an nn.Module."""
+    is_hooked = False
+
+    def __call__(self, x):
+        return x
+
+
+def without_hook_points(model):
+    """A deep copy of `model` (sharing nothing) whose every HookPoint attribute is a plain identity."""
+    import copy
+
+    from minimech.hooks import HookPoint
+
+    bare = copy.deepcopy(model)
+    for module in list(bare.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, HookPoint):
+                delattr(module, name)  # drop it from nn.Module's registry, then set a plain attribute
+                object.__setattr__(module, name, _Identity())
+    return bare
+
+
 def cache_bytes(cache, model) -> tuple[int, int]:
     """(sum of cached tensor bytes, bytes of the distinct new storages behind them: views of weights not counted)."""
     total = sum(t.numel() * t.element_size() for t in cache.store.values())
@@ -118,10 +143,16 @@ def main(argv=None) -> None:
         with torch.no_grad():
             return model(tokens)
 
+    bare = without_hook_points(model)
+
+    def run_bare(tokens):
+        with torch.no_grad():
+            return bare(tokens)
+
     def run_cache(tokens):
         return model.run_with_cache(tokens)
 
-    methods = {"HF": run_hf, "plain": run_plain, "cache": run_cache}
+    methods = {"HF": run_hf, "plain": run_plain, "bare": run_bare, "cache": run_cache}
     times = {(s, m): [] for s in shapes for m in methods}
     t0 = time.perf_counter()
     for rep in range(1 + args.reps):  # rep 0 is the warm-up
@@ -137,13 +168,15 @@ def main(argv=None) -> None:
                 del out
     print(f"timed {args.reps} reps (+1 warm-up), interleaved, in {time.perf_counter() - t0:.1f} s\n")
 
-    header = ["shape", "HF ms", "plain ms", "plain/HF", "cache ms", "cache/HF", "cache MiB", "distinct MiB"]
+    header = ["shape", "HF ms", "plain ms", "plain/HF", "plain/bare", "cache ms", "cache/HF", "cache MiB",
+              "distinct MiB"]
     rows = []
     for shape in shapes:
         med = {m: statistics.median(times[shape, m]) * 1e3 for m in methods}
         total, distinct = memory[shape]
         rows.append([f"{shape[0]}x{shape[1]}", f"{med['HF']:.1f}", f"{med['plain']:.1f}",
-                     f"{med['plain'] / med['HF']:.2f}", f"{med['cache']:.1f}", f"{med['cache'] / med['HF']:.2f}",
+                     f"{med['plain'] / med['HF']:.2f}", f"{med['plain'] / med['bare']:.2f}", f"{med['cache']:.1f}",
+                     f"{med['cache'] / med['HF']:.2f}",
                      f"{total / 2**20:.1f}", f"{distinct / 2**20:.1f}"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
