@@ -336,3 +336,22 @@ def test_autograder_zip_runs_on_a_gradescope_layout(lesson, tmp_path, monkeypatc
     subprocess.run(["bash", str(root / "run_autograder")], env=env, check=True, timeout=60)
     fallback = json.loads((root / "results" / "results.json").read_text())
     assert fallback["score"] == 0 and sum(t["max_score"] for t in fallback["tests"]) == 6
+
+
+def test_notebook_to_script_keeps_code_comments_markdown_and_magics_and_refuses_a_broken_file(tmp_path):
+    from minimech.grading.api import GradingError
+    from minimech.grading.source import notebook_to_script
+
+    nb = {"cells": [{"cell_type": "markdown", "source": "# Title\n\nSome text"},
+                    {"cell_type": "code", "source": ["%matplotlib inline\n", "x = 1\n", "  !ls\n", "y = x % 2"]},
+                    {"cell_type": "raw", "source": "ignored"}], "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "lesson.ipynb"
+    path.write_text(json.dumps(nb))
+    script = notebook_to_script(path)
+    assert script == "# %% [markdown]\n# # Title\n#\n# Some text\n\n# %%\n# %matplotlib inline\nx = 1\n#   !ls\ny = x % 2\n"
+    namespace = {}
+    exec(compile(script, str(path), "exec"), namespace)
+    assert namespace["y"] == 1
+    path.write_text("{not json")
+    with pytest.raises(GradingError, match="not a readable Jupyter notebook"):
+        notebook_to_script(path)
