@@ -119,10 +119,11 @@ def finish_mlp(block, resid_mid: torch.Tensor) -> torch.Tensor:
 class Target:
     """The run being patched, with what the engine reuses: resid_pre of every block, keys and values, logits."""
 
-    def __init__(self, model, tokens: torch.Tensor):
+    def __init__(self, model, tokens: torch.Tensor, extra_names=()):
+        """One forward of `tokens`, caching what the engine needs plus extra_names (what a caller reads too)."""
         n = model.cfg.n_layers
         names = [f"blocks.{l}.{h}" for l in range(n) for h in ("hook_resid_pre", "attn.hook_k", "attn.hook_v")]
-        self.logits, self.cache = model.run_with_cache(tokens, names=names)
+        self.logits, self.cache = model.run_with_cache(tokens, names=sorted(set(names) | set(extra_names)))
         self.batch, self.n_pos = tokens.shape
 
     def resid_pre(self, layer: int) -> torch.Tensor:  # [batch, pos, d_model]

@@ -36,16 +36,26 @@ class PatchingError(MinimechError, ValueError):
 
 
 class _Setup:
-    """Checked prompts, who patches into whom, and the metric on the clean and corrupted runs."""
+    """Checked prompts, who patches into whom, and the two runs every patch starts from: the source run (cached at
+    source_names) and the target run (a Target for the fast path, cached also at target_names; None: logits only).
+    The metric on the clean and corrupted runs comes from these two forwards' logits."""
 
-    def __init__(self, model, clean, corrupt, metric, normalise: bool, reverse: bool):
+    def __init__(self, model, clean, corrupt, metric, normalise: bool, reverse: bool, source_names,
+                 target_names=None):
         clean, corrupt = model.check_tokens(clean), model.check_tokens(corrupt)  # [batch, pos] each
         if clean.shape != corrupt.shape:
             raise PatchingError(f"clean tokens have shape {tuple(clean.shape)} but corrupted tokens have shape "
                                 f"{tuple(corrupt.shape)}: patching swaps activations position by position, so "
                                 "they must match (choose prompts with the same number of tokens)")
         self.source, self.target = (corrupt, clean) if reverse else (clean, corrupt)
-        self.m_clean, self.m_corrupt = metric_value(metric, model(clean)), metric_value(metric, model(corrupt))
+        source_logits, self.source_cache = model.run_with_cache(self.source, names=source_names)
+        if target_names is None:
+            self.target_run, target_logits = None, model(self.target)
+        else:
+            self.target_run = Target(model, self.target, extra_names=target_names)
+            target_logits = self.target_run.logits
+        m_source, m_target = metric_value(metric, source_logits), metric_value(metric, target_logits)
+        self.m_clean, self.m_corrupt = (m_target, m_source) if reverse else (m_source, m_target)
         if normalise and self.m_clean == self.m_corrupt:
             raise PatchingError(f"the metric is {self.m_clean:.6g} on both the clean and the corrupted prompt, so "
                                 "the normalised score (m - m_corrupt) / (m_clean - m_corrupt) is undefined: choose "
@@ -116,20 +126,21 @@ def patch_resid(model, clean_tokens, corrupted_tokens, metric: Metric, hook: str
     """[n_layers, pos]: metric with the clean `hook` activation of one (layer, position) patched into the corrupted
     run. hook: resid_pre, resid_mid, resid_post, attn_out or mlp_out (all heads of the layer at once)."""
     _check_method(method)
-    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, normalise, reverse)
-    n_layers, n_pos = model.cfg.n_layers, setup.target.shape[1]
+    n_layers = model.cfg.n_layers
     names = [_hook_name(model, hook, l) for l in range(n_layers)]
-    _, source_cache = model.run_with_cache(setup.source, names=names)
+    extra = [f"blocks.{l}.hook_{h}" for l in range(n_layers) for h in ("resid_pre", "resid_mid", "resid_post")
+             if not (model.cfg.attn_only and h == "resid_mid")]
+    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, normalise, reverse, source_names=names,
+                   target_names=extra if method == "fast" else None)
+    source_cache, n_pos = setup.source_cache, setup.target.shape[1]
     out = torch.zeros(n_layers, n_pos)
     if method == "naive":
         for layer, name in enumerate(names):
             for p in range(n_pos):  # index (all batch rows, position p) of an activation [batch, pos, ...]
                 out[layer, p] = _naive_patch(model, setup.target, metric, name, source_cache[name], (slice(None), p))
         return setup.score(out)
-    target = Target(model, setup.target)
-    extra = [f"blocks.{l}.hook_{h}" for l in range(n_layers) for h in ("resid_pre", "resid_mid", "resid_post")
-             if not (model.cfg.attn_only and h == "resid_mid")]
-    _, target_cache = model.run_with_cache(setup.target, names=extra)
+    target = setup.target_run
+    target_cache = target.cache
     results = run_suffixes(model, target, _position_suffixes(model, target, source_cache, hook, target_cache), metric)
     for (layer, p), value in results.items():
         out[layer, p] = value
@@ -183,8 +194,8 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric: Metric, component
     if component not in HEAD_COMPONENTS:
         raise PatchingError(f"component={component!r}: choose one of {', '.join(HEAD_COMPONENTS)}")
     cfg = model.cfg
-    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, normalise, reverse)
-    n_pos = setup.target.shape[1]
+    clean_tokens, corrupted_tokens = model.check_tokens(clean_tokens), model.check_tokens(corrupted_tokens)
+    n_pos = clean_tokens.shape[-1]
     if pos == "each":
         positions = list(range(n_pos))
     elif pos is None:
@@ -195,10 +206,15 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric: Metric, component
         raise PatchingError(f"pos={pos!r}: use None (all positions at once), 'each', or a position in "
                             f"[{-n_pos}, {n_pos})")
     names = [f"blocks.{l}.{HEAD_COMPONENTS[component]}" for l in range(cfg.n_layers)]
-    _, source_cache = model.run_with_cache(setup.source, names=names)
+    fast = method == "fast" and component in ("z", "result")
+    extra = [f"blocks.{l}.{h}" for l in range(cfg.n_layers)
+             for h in ("attn.hook_z", "hook_resid_post" if cfg.attn_only else "hook_resid_mid")]
+    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, normalise, reverse, source_names=names,
+                   target_names=extra if fast else None)
+    source_cache = setup.source_cache
     shape = (cfg.n_layers, cfg.n_heads) + ((n_pos,) if pos == "each" else ())
     out = torch.zeros(shape)
-    if method == "naive" or component not in ("z", "result"):
+    if not fast:
         for layer, name in enumerate(names):
             for head in range(cfg.n_heads):
                 for p in positions:
@@ -208,10 +224,8 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric: Metric, component
                     key = (layer, head) if pos != "each" else (layer, head, p)
                     out[key] = _naive_patch(model, setup.target, metric, name, source_cache[name], index)
         return setup.score(out)
-    target = Target(model, setup.target)
-    extra = [f"blocks.{l}.{h}" for l in range(cfg.n_layers)
-             for h in ("attn.hook_z", "hook_resid_post" if cfg.attn_only else "hook_resid_mid")]
-    _, target_cache = model.run_with_cache(setup.target, names=extra)
+    target = setup.target_run
+    target_cache = target.cache
     source_z = [source_cache[n] for n in names]
     for key, value in run_suffixes(model, target, _head_suffixes(model, target, source_z, target_cache, positions),
                                    metric).items():
