@@ -120,7 +120,7 @@ def nnsight_runners(hf, clean, corrupt, metric):
 def work_ratio(cfg, batch: int, pos: int) -> dict[str, float]:
     """Multiply-adds of one-forward-per-patch (TransformerLens) over those of minimech's fast path, per sweep: the
     speed-up an implementation would reach at equal FLOP/s. Counts the matmuls of the blocks and the unembedding
-    (attention scores are < 2 % at 16 tokens); the fast path's set-up forwards (clean, corrupted, caches) included."""
+    (attention scores are < 2 % at 16 tokens); the fast path's two set-up forwards (source and target, cached) included."""
     d, L = cfg.d_model, cfg.n_layers
     block = 4 * d * d + (0 if cfg.attn_only else 2 * d * cfg.d_mlp)  # per token: q, k, v, o (+ MLP)
     kv, mlp = 2 * d * d, block - 4 * d * d
@@ -129,7 +129,7 @@ def work_ratio(cfg, batch: int, pos: int) -> dict[str, float]:
     resid = sum((L - 1 - l) * (pos - p) * block + last(pos - p) for l in range(L) for p in range(pos))
     heads = cfg.n_heads * sum(pos * mlp + max(L - 2 - l, 0) * pos * block + (last(pos) if l < L - 1 else 0)
                               for l in range(L))
-    setup = 5 * pos * forward  # clean and corrupted runs, the caches both sweeps read
+    setup = 2 * pos * forward  # the source and target runs (with the caches the sweep reads)
     return {"resid": (L * pos + 1) * pos * forward / (resid + setup),
             "heads": (L * cfg.n_heads + 1) * pos * forward / (heads + setup)}
 

@@ -65,6 +65,9 @@ class ActivationCache:
     def _name(self, key) -> str:
         if isinstance(key, tuple):
             return act_name(*key, n_layers=self.model.cfg.n_layers)
+        if not isinstance(key, str):
+            raise CacheKeyError(f"cache keys are hook names ('blocks.0.attn.hook_pattern') or (short name, layer) "
+                                f"tuples (('pattern', 0)), not {type(key).__name__} {key!r}")
         return key
 
     def __getitem__(self, key) -> torch.Tensor:
@@ -78,7 +81,10 @@ class ActivationCache:
         raise CacheKeyError(f"no activation named {name!r} in this model; did you mean {close}?")
 
     def __contains__(self, key) -> bool:
-        return self._name(key) in self.store
+        try:
+            return self._name(key) in self.store
+        except (MinimechError, ValueError, KeyError, TypeError):  # a key that names nothing is simply not cached
+            return False
 
     def __len__(self) -> int:
         return len(self.store)
@@ -155,17 +161,21 @@ class ActivationCache:
         return self[f"resid_{where}", layer]
 
     def accumulated_resid(self, layer: int | None = None, pos=None, incl_mid: bool = False) -> Components:
-        """The residual stream before each block up to `layer` (all, and the final stream, by default).
+        """The residual stream before each block up to and including block `layer`'s (TransformerLens's meaning);
+        layer None, -1 or n_layers: before every block and the final stream.
 
         Labels: "L0_pre", ("L0_mid",) "L1_pre", ..., "final". The logit lens reads each through ln_final and W_U.
         """
         n = self.model.cfg.n_layers
-        top = n if layer is None else layer
+        top = n if layer is None or layer == -1 else layer
+        if not isinstance(top, int) or not 0 <= top <= n:
+            raise CacheKeyError(f"layer={layer!r}: use 0 .. {n} (the stream before that block), or None / -1 for "
+                                "every block and the final stream")
         labels, parts = [], []
-        for l in range(min(top, n)):
+        for l in range(min(top + 1, n)):
             labels.append(f"L{l}_pre")
             parts.append(self[f"blocks.{l}.hook_resid_pre"])
-            if incl_mid and not self.model.cfg.attn_only:
+            if incl_mid and not self.model.cfg.attn_only and l < top:
                 labels.append(f"L{l}_mid")
                 parts.append(self[f"blocks.{l}.hook_resid_mid"])
         if top >= n:

@@ -121,7 +121,7 @@ class HookedModule(nn.Module):
             return self.hook_names
         if callable(names):
             return [n for n in self.hook_dict if names(n)]
-        if isinstance(names, (str, tuple)):
+        if isinstance(names, str) or _is_short_key(names):
             names = [names]
         resolved = []
         for name in names:
@@ -138,6 +138,8 @@ class HookedModule(nn.Module):
     def hooks(self, fwd_hooks: Iterable[tuple[object, HookFn]] = ()):
         """Attach `(name, fn)` hooks inside the block; `name` may also be a predicate or a (short, layer) tuple."""
         attached: list[tuple[HookPoint, HookFn]] = []
+        if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
+            fwd_hooks = [fwd_hooks]  # one (name, fn) pair given without the list around it
         try:
             for name, fn in fwd_hooks:
                 if not callable(fn):
@@ -160,7 +162,7 @@ class HookedModule(nn.Module):
         for point in self.hook_dict.values():
             point.fns.clear()
 
-    def run_with_cache(self, tokens, names=None, *, grad: bool = False, **forward_kwargs):
+    def run_with_cache(self, tokens, names=None, *, grad: bool = False, names_filter=None, **forward_kwargs):
         """Run the model and keep the activations selected by `names` (all of them by default).
 
         Returns (logits, ActivationCache). `hook_result` (each head's output in d_model) is computed only when it is
@@ -171,6 +173,10 @@ class HookedModule(nn.Module):
         from .memory import default_on_first_cache
 
         default_on_first_cache()  # a cache needs fresh memory each run: let malloc keep what the last one freed
+        if names_filter is not None:  # TransformerLens's name for the same argument
+            if names is not None:
+                raise UnknownHookError("give names or names_filter (the same argument), not both")
+            names = names_filter
         if names is None:
             selected = [n for n in self.hook_names if not n.endswith("hook_result")]
         else:
@@ -183,3 +189,8 @@ class HookedModule(nn.Module):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()), self.hooks([(n, save) for n in selected]):
             out = self(tokens, **forward_kwargs)
         return out, ActivationCache(store, self)
+
+
+def _is_short_key(names) -> bool:
+    """A (short name, layer, ...) tuple such as ("pattern", 1), as opposed to a tuple of hook names."""
+    return isinstance(names, tuple) and len(names) >= 2 and isinstance(names[0], str) and isinstance(names[1], int)

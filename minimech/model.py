@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .errors import MinimechError
+from .errors import MinimechError, UsageError
 from .hooks import HookedModule, HookPoint
 from .objects import Heads, Memories
-from .tokenizer import PromptTooLongError
+from .tokenizer import PromptTooLongError, TokenizerError, TokenTypeError
 
 # Every hook's shape, by name; "{l}" is any layer. tests/test_model.py runs a model whose sizes all differ and checks
 # each cached activation against this table. hook_result exists only when asked for (it is n_heads x attn_out).
@@ -242,6 +242,11 @@ class GPT(HookedModule):
 
         stop_at_layer=l returns the residual stream before block l (resid_pre of l) instead of logits.
         """
+        if return_type not in ("logits", "loss", "both", None):
+            raise UsageError(f"return_type={return_type!r}: choose 'logits', 'loss', 'both' or None")
+        if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
+            raise UsageError(f"stop_at_layer={stop_at_layer}: the model has {self.cfg.n_layers} layers, so use "
+                              f"{-self.cfg.n_layers} .. {self.cfg.n_layers} (or None for logits)")
         tokens = self.check_tokens(tokens)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
@@ -261,27 +266,41 @@ class GPT(HookedModule):
     @staticmethod
     def loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         """Cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]; per_token gives [batch, pos - 1]."""
+        if tokens.shape[1] < 2:
+            raise TokenizerError(f"the loss needs at least 2 tokens (it predicts each from the ones before), got "
+                                 f"{tokens.shape[1]}: give a longer prompt")
         log_probs = logits[:, :-1].log_softmax(-1)  # [batch, pos - 1, d_vocab]
         nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
         return nll if per_token else nll.mean()
 
     def check_tokens(self, tokens) -> torch.Tensor:
-        if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or isinstance(tokens[0], str)):
+        """tokens as a LongTensor [batch, pos], or one clear error: text is tokenized (BOS first); prompts of
+        different lengths are refused, since padding would be read as if it were text."""
+        if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or (tokens and isinstance(tokens[0], str))):
+            if isinstance(tokens, list) and len({len(self._tok().encode(t)) for t in tokens}) > 1:
+                lengths = [len(self._tok().encode(t)) + 1 for t in tokens]
+                raise TokenizerError(f"the prompts have different numbers of tokens {lengths}, so a batch of them "
+                                     "is padded and position -1 would read padding: give prompts of one length, "
+                                     "run them one at a time, or use model.to_tokens(prompts, return_mask=True) "
+                                     "and read each prompt at its own last position")
             tokens = self.to_tokens(tokens)
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"tokens must be an integer tensor [batch, pos] or a string, got {type(tokens).__name__}"
-                            + (f" of {tokens.dtype}" if isinstance(tokens, torch.Tensor) else ""))
+            raise TokenTypeError(f"tokens must be an integer tensor [batch, pos] or a string, got "
+                                 f"{type(tokens).__name__}"
+                                 + (f" of {tokens.dtype}" if isinstance(tokens, torch.Tensor) else "")
+                                 + (" (an empty list)" if isinstance(tokens, list) and not tokens else ""))
         if tokens.ndim == 1:
             tokens = tokens[None]
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise TokenizerError(f"tokens must have shape [batch, pos] with batch >= 1 and pos >= 1, got "
+                                 f"{tuple(tokens.shape)}")
         if tokens.shape[1] > self.cfg.n_ctx:
             raise PromptTooLongError(f"the input has {tokens.shape[1]} positions but the model's context is n_ctx="
                                      f"{self.cfg.n_ctx}: shorten the prompt or split it")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.cfg.d_vocab:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}), got ids from {lo} to {hi}: "
-                             "were they made by another model's tokenizer?")
+            raise TokenizerError(f"token ids must lie in [0, {self.cfg.d_vocab}), got ids from {lo} to {hi}: "
+                                 "were they made by another model's tokenizer?")
         return tokens
 
     # Tokenizer conveniences, as on a TransformerLens HookedTransformer.

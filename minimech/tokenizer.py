@@ -53,6 +53,10 @@ class TokenizerError(MinimechError, ValueError):
     """Text or ids that this tokenizer cannot handle as asked."""
 
 
+class TokenTypeError(MinimechError, TypeError):
+    """Something given as token ids that is not an integer tensor or a string."""
+
+
 class PromptTooLongError(TokenizerError):
     """A prompt has more tokens than the model's context window."""
 
@@ -195,7 +199,7 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """Text of a 1-D list/tensor of model ids; the unknown token shows as "<unk>"."""
-        ids = _as_int_list(ids)
+        ids = _as_int_list(ids, self.n_vocab)
         # Decode runs of known tokens together: one character can span several tokens.
         out, run = [], []
         for i in ids:
@@ -216,6 +220,12 @@ class Tokenizer:
         if len(ids) != 1:
             split = [self.id_to_str(i) for i in ids]
             raise TokenizerError(f"{text!r} is {len(ids)} tokens, not one: {split}")
+        if self.unk_id is not None and ids[0] == self.unk_id:
+            # one GPT-2 token that the compact vocabulary lacks: answering with the unknown slot would silently
+            # measure '<unk>' instead of the word
+            raise TokenizerError(f"{text!r} is not in this model's vocabulary (it maps to the unknown token "
+                                 f"<unk>): choose a word the model knows, e.g. one from model.to_str_tokens of a "
+                                 "prompt it reads well")
         return ids[0]
 
     def to_tokens(self, text, prepend_bos: bool = True, padding_side: str = "right",
@@ -272,9 +282,14 @@ class Tokenizer:
         return self.decode(t)
 
 
-def _as_int_list(ids) -> list[int]:
+def _as_int_list(ids, n_vocab: int | None = None) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise TokenizerError(f"expected a 1-D tensor of ids, got shape {tuple(ids.shape)}")
-        return ids.tolist()
-    return [int(i) for i in ids]
+        ids = ids.tolist()
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if i < 0 or (n_vocab is not None and i >= n_vocab)]
+    if bad:
+        raise TokenizerError(f"token ids must lie in [0, {n_vocab}), got {bad[:5]}: were they made by another "
+                             "model's tokenizer (a GPT-2 id given to a compact-vocabulary model)?")
+    return ids

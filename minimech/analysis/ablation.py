@@ -33,6 +33,10 @@ def metric_value(metric: Metric, logits: torch.Tensor) -> float:
 
 def _reference_mean(model, tokens: torch.Tensor, reference, name_of, layers) -> dict[str, torch.Tensor]:
     """Mean of each layer's activation over the reference batch: [pos, ...] when the lengths match, else [...]."""
+    if reference is None and tokens.shape[0] == 1:
+        raise MinimechError("mean ablation over the prompts themselves needs more than one prompt: the mean over one "
+                            "prompt is that prompt, so nothing would be ablated. Pass reference=... (a batch of "
+                            "prompts of the same kind), or use zero ablation")
     reference = tokens if reference is None else model.check_tokens(reference)  # [batch_ref, pos_ref]
     names = [name_of(l) for l in layers]
     _, cache = model.run_with_cache(reference, names=names)

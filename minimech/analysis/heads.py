@@ -68,8 +68,9 @@ def head_scores(patterns: torch.Tensor, tokens: torch.Tensor, kind: str, exclude
 
 def detector_scores(model, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """previous_token, duplicate_token and induction scores [n_layers, n_heads] on tokens (default: repeated random)."""
-    if tokens is None:
-        tokens = repeated_random_tokens(model)
+    if tokens is None:  # 20 repeated tokens, or as many as the context holds
+        tokens = repeated_random_tokens(model, seq_len=min(20, (model.cfg.n_ctx - 1) // 2))
+    tokens = model.check_tokens(tokens)
     _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
     patterns = torch.stack([cache["pattern", l] for l in range(model.cfg.n_layers)])
     return {kind: head_scores(patterns, tokens, kind) for kind in ("previous_token", "duplicate_token", "induction")}

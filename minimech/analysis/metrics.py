@@ -14,6 +14,9 @@ from ..errors import MinimechError
 
 
 def _as_ids(tokens, name: str) -> torch.Tensor:
+    if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
+        raise MinimechError(f"{name}={tokens!r}: logit_diff takes token ids (it is built before any model is "
+                            "known), e.g. logit_diff(model.to_single_token(' Mary'), model.to_single_token(' John'))")
     ids = torch.as_tensor(tokens)
     if ids.dtype not in (torch.int64, torch.int32) or ids.ndim > 1:
         raise MinimechError(f"{name} must be one token id per prompt (an int or a 1-d integer tensor/list), got "

@@ -129,6 +129,9 @@ def causal_trace(model, prompt, answer, subject, noise: float | None = None, sam
     noise: std of the Gaussian noise; default 3 x the std of all of W_E's entries (ROME uses 3 x the embeddings' std).
     A batch of pos * samples rows per (kind, layer) restores every position in one forward.
     """
+    if not isinstance(window, int) or window < 1 or not isinstance(samples, int) or samples < 1:
+        raise TracingError(f"window={window!r}, samples={samples!r}: both must be whole numbers >= 1 (window 1 "
+                           "restores one layer; ROME used 10 on GPT-2 XL)")
     tokens = model.check_tokens(prompt)  # [1, pos]
     if tokens.shape[0] != 1:
         raise TracingError(f"causal_trace takes one prompt, got a batch of {tokens.shape[0]}")
