@@ -12,7 +12,7 @@ import difflib
 
 import torch
 
-from .errors import MinimechError
+from .errors import MinimechError, check_positions
 from .hooks import act_name
 
 
@@ -106,6 +106,7 @@ class ActivationCache:
 
     # ---- the residual stream taken apart ---------------------------------------------------------------------
     def _select(self, x: torch.Tensor, pos) -> torch.Tensor:  # x: [batch, pos, ...]
+        check_positions(pos, x.shape[1])
         return x if pos is None else x[:, pos]
 
     def head_results(self, layer: int, pos=None) -> torch.Tensor:  # [head, batch, (pos,) d_model]

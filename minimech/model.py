@@ -9,6 +9,7 @@ Hugging Face stores the same weights differently (Conv1D, one fused qkv matrix);
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import torch
@@ -310,7 +311,13 @@ class GPT(HookedModule):
         return self.tokenizer
 
     def to_tokens(self, text, prepend_bos: bool = True) -> torch.Tensor:
-        return self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx)
+        tokens = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx)
+        unk = getattr(self.tokenizer, "unk_id", None)
+        if unk is not None and bool((tokens == unk).any()):
+            # a compact vocabulary reads words it never saw as one shared <unk>: say so rather than let it pass
+            warnings.warn(f"{int((tokens == unk).sum())} token(s) of {text!r} are not in this model's "
+                          "vocabulary and read as <unk>: model.to_str_tokens(prompt) shows which", stacklevel=2)
+        return tokens
 
     def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
         return self._tok().to_str_tokens(x, prepend_bos=prepend_bos)

@@ -116,3 +116,26 @@ def test_detector_scores_default_fits_a_short_context():
     cfg = ODD  # n_ctx 19: 20 repeated tokens do not fit
     scores = detector_scores(random_model(cfg))
     assert scores["induction"].shape == (cfg.n_layers, cfg.n_heads)
+
+
+def test_positions_outside_the_prompt_are_named(mini):
+    from minimech.analysis import logit_lens, steer
+    prompt = "France's capital is"
+    n_pos = mini.to_tokens(prompt).shape[1]
+    with pytest.raises(MinimechError, match=f"has {n_pos} positions"):
+        logit_lens(mini, prompt, pos=n_pos + 3)
+    with pytest.raises(MinimechError, match=f"has {n_pos} positions"):
+        logit_diff(1, 2, pos=50)(mini(prompt))
+    with pytest.raises(MinimechError, match="positions=99"):
+        with steer(mini, "blocks.0.hook_resid_pre", torch.zeros(mini.cfg.d_model), positions=99):
+            mini(prompt)
+    assert all(not point.fns for point in mini.hook_dict.values())
+    lens = logit_lens(mini, prompt)
+    with pytest.raises(MinimechError, match="k=0"):
+        lens.top_k(0)
+    assert torch.equal(lens.rank_of(" Paris"), lens.rank_of(mini.to_single_token(" Paris")))
+
+
+def test_a_prompt_with_unknown_words_warns(mini):
+    with pytest.warns(UserWarning, match="read as <unk>"):
+        mini.to_tokens("Once upon a xylophone quantum time")

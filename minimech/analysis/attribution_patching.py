@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import MinimechError
 from .ablation import Metric
 from .patching import PatchingError, _hook_name
 
@@ -69,6 +70,9 @@ def attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric: Metri
 def agreement(estimate: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
     """How well an attribution-patching grid matches exact patching's (both as metric changes):
     Pearson correlation, the largest absolute error, and whether the top cell is the same."""
+    if estimate.shape != exact.shape:
+        raise MinimechError(f"the grids have shapes {tuple(estimate.shape)} and {tuple(exact.shape)}: compare grids "
+                            "of the same sweep (same hook, prompts and positions)")
     a, b = estimate.flatten().double(), exact.flatten().double()
     corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item() if a.std() > 0 and b.std() > 0 else float("nan")
     return {"correlation": corr, "max_abs_error": (a - b).abs().max().item(),

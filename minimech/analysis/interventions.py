@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..errors import MinimechError
+from ..errors import MinimechError, check_positions
 from .ablation import Metric, _reference_mean, metric_value, require_mlps
 from .memories import prompt_batch
 from .path_patching import parse_heads
@@ -85,6 +85,7 @@ def steer(model, hook, vector: torch.Tensor, coeff: float = 1.0, positions=None)
             raise InterventionError(f"steering vector has shape {tuple(vector.shape)} but {name} is "
                                     f"{tuple(act.shape)} [batch, pos, ...]: give a vector of shape "
                                     f"{tuple(act.shape[2:])}")
+        check_positions(positions, act.shape[1], "positions")
         act = act.clone()
         act[:, index] += coeff * vector.to(act.dtype)
         return act

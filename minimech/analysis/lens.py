@@ -48,6 +48,9 @@ class LensResult:
 
         pos=None results give, for each point, one such list per position.
         """
+        d_vocab = self.log_probs.shape[-1]
+        if not 1 <= k <= d_vocab:
+            raise MinimechError(f"k={k}: choose 1 .. {d_vocab} (the vocabulary's size)")
         values, ids = self.log_probs[:, batch].topk(k, dim=-1)  # [n_points, (pos,) k]
         def pairs(v, i):
             return [(self._tok_str(t), p) for t, p in zip(i.tolist(), v.exp().tolist())]
@@ -60,6 +63,10 @@ class LensResult:
 
         token_id: an int, or a tensor broadcastable to [batch(, pos)] (e.g. each row's correct next token).
         """
+        if isinstance(token_id, str):  # " Mary": one token of this model's vocabulary
+            if self.tokenizer is None:
+                raise MinimechError(f"rank_of({token_id!r}) needs a tokenizer; this result has none: pass the id")
+            token_id = self.tokenizer.to_single_token(token_id)
         target = torch.as_tensor(token_id, device=self.log_probs.device)
         target = target.expand(self.log_probs.shape[1:-1])  # [batch(, pos)]
         index = target[None, ..., None].expand(*self.log_probs.shape[:-1], 1)  # [n_points, batch(, pos), 1]

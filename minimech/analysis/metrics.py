@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MinimechError
+from ..errors import MinimechError, check_positions
 
 
 def _as_ids(tokens, name: str) -> torch.Tensor:
@@ -59,6 +59,7 @@ class LogitDiff:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # logits: [batch, pos, d_vocab]
         if logits.ndim != 3:
             raise MinimechError(f"logit_diff expects logits [batch, pos, d_vocab], got shape {tuple(logits.shape)}")
+        check_positions(self.pos, logits.shape[1], "logit_diff's pos")
         return self.from_logits_at(logits[:, self.pos])
 
     def __repr__(self) -> str:
