@@ -16,7 +16,9 @@ MODEL is a preset name (gpt2, ...) or a path; without one, the model shipped wit
 
 This is the only module that prints or exits. Every error minimech raises on purpose (MinimechError), a missing
 file and Ctrl-C end the command with one line on stderr, `minimech: error: ...`, and exit status 1 (usage errors:
-argparse's message and status 2). Set MINIMECH_DEBUG=1 to see the traceback instead.
+argparse's message and status 2). Set MINIMECH_DEBUG=1 to see the traceback instead. When the reader of the
+output goes away early (`minimech run ... | head -3`), the command stops quietly with status 1, as Python's
+documentation recommends (library/signal.html, "Note on SIGPIPE").
 
 Adding a subcommand: write one function `cmd_NAME(args) -> int | None` and decorate it with
 `@command("NAME", "one-line help", arg(...), ...)`, where each `arg(...)` takes ArgumentParser.add_argument's
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -72,6 +76,14 @@ def load_model(name_or_path: str | None):
     return load(name_or_path)
 
 
+def folder_option(path: str, flag: str = "--out") -> Path:
+    """`path` as a folder to write into; an existing file there is one clear error (mkdir says only "File exists")."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise MinimechError(f"{flag} must be a folder, {folder} is a file")
+    return folder
+
+
 def print_table(header: list[str], rows: list[list], align: str) -> None:
     """A plain text table; align has one letter per column, "<" (left) or ">" (right)."""
     cells = [header] + [[str(c) for c in row] for row in rows]
@@ -88,7 +100,7 @@ def print_table(header: list[str], rows: list[list], align: str) -> None:
 def cmd_tour(args) -> int:
     from .tour import run_tour
 
-    tour = run_tour(args.out)
+    tour = run_tour(folder_option(args.out))
     for section in tour.sections:
         print(f"\n== {section.title}")
         for line in section.lines:
@@ -174,6 +186,8 @@ def cmd_run(args) -> int:
 def cmd_fetch(args) -> int:
     from .loading import fetch
 
+    if args.dest is not None:
+        folder_option(args.dest, "--dest")
     path = fetch(args.name, dest=args.dest, progress=True)
     print(path)
     return 0
@@ -192,8 +206,9 @@ def cmd_train(args) -> int:
     get(args.recipe)  # an unknown recipe fails before any work
     if args.steps is not None and args.steps < 1:
         raise MinimechError(f"--steps must be at least 1, got {args.steps}")
+    out = folder_option(args.out or f"minimech-out/models/{args.recipe}")  # checked before the training, not after
     model, card = train_recipe(args.recipe, steps=args.steps, seed=args.seed, threads=args.threads)
-    out = save(model, args.out or f"minimech-out/models/{args.recipe}", card_extra=card)
+    out = save(model, out, card_extra=card)
     print(f"trained {args.recipe} (seed {args.seed}) for {card['training']['steps']} steps in "
           f"{card['training']['wall_time_s']:.0f} s; saved to {out}")
     print_table(["metric", "final"], [[k, f"{v:.4f}"] for k, v in card["metrics"].items()], "<>")
@@ -230,8 +245,51 @@ def error(message: str) -> int:
     return 1
 
 
+def stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone, so that a BrokenPipeError was about our output and not, say,
+    a worker process's pipe (whose error must still be reported)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file (io.UnsupportedOperation)
+        return False
+    if not hasattr(select, "poll"):
+        return True  # Windows cannot tell; a closed stdout is by far the likeliest cause
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
+def stdout_gone() -> int:
+    """Stop quietly: the reader of our output (`| head`) has what it wanted. The recipe of Python's "Note on SIGPIPE":
+    point stdout at devnull, or the flush at exit raises BrokenPipeError again, and exit with status 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 1
+
+
+def file_in_the_way(e: OSError) -> Path | None:
+    """The existing file that made a mkdir fail (itself or a parent of the folder it was making), if that is why."""
+    if not isinstance(e, (FileExistsError, NotADirectoryError)) or not e.filename:
+        return None
+    path = Path(os.fsdecode(e.filename))
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script passes it to sys.exit)."""
+    status = run_command(argv)
+    try:
+        sys.stdout.flush()  # a reader that went away shows here, rather than as a traceback at exit
+    except BrokenPipeError:
+        return stdout_gone()
+    return status
+
+
+def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -245,8 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return error("interrupted")
     except (MinimechError, OSError) as e:  # OSError: a missing or unreadable file, a failed download
+        if isinstance(e, BrokenPipeError) and stdout_is_closed():
+            return stdout_gone()
         if debug:
             raise
+        if (file := file_in_the_way(e)) is not None:
+            return error(f"{file} is a file, where a folder is needed ({e.strerror}: {os.fsdecode(e.filename)})")
         message = " ".join(str(e).split()) or type(e).__name__  # always one line
         return error(message)
 

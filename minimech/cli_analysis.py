@@ -29,7 +29,12 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         from . import plot
         from .analysis import logit_lens, tuned_lens_for
 
+        if args.k < 1:  # before loading the model; the upper bound needs it
+            raise MinimechError(f"-k must be at least 1, got {args.k}")
         model = load_model(args.model)
+        if args.k > model.cfg.d_vocab:
+            raise MinimechError(f"-k must be between 1 and the model's vocabulary size {model.cfg.d_vocab}, "
+                                f"got {args.k}")
         lens = tuned_lens_for(model) if args.tuned else None
         result = logit_lens(model, args.prompt, pos=None, k=args.k, lens=lens)
         probs, cells = result.grid()
@@ -72,8 +77,14 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         from . import plot
         from .analysis import detector_scores, repeated_random_tokens
 
+        if args.seq_len is not None and args.seq_len < 1:  # before loading the model; the upper bound needs it
+            raise MinimechError(f"--seq-len must be at least 1, got {args.seq_len}")
         model = load_model(args.model)
-        seq_len = args.seq_len or min(20, (model.cfg.n_ctx - 1) // 2)
+        longest = (model.cfg.n_ctx - 1) // 2  # BOS and the sequence twice must fit the context
+        seq_len = min(20, longest) if args.seq_len is None else args.seq_len
+        if not 1 <= seq_len <= longest:
+            raise MinimechError(f"--seq-len must be between 1 and {longest}: BOS + 2 * seq_len tokens must fit the "
+                                f"model's context of {model.cfg.n_ctx} tokens; got {seq_len}")
         scores = detector_scores(model, repeated_random_tokens(model, seq_len=seq_len))
         grid = torch.cat([s for s in scores.values()], dim=1)  # [n_layers, 3 * n_heads]
         columns = [f"{kind.split('_')[0][:4]} H{h}" for kind in scores for h in range(model.cfg.n_heads)]

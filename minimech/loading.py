@@ -1,4 +1,4 @@
-"""Getting weights into a GPT: Hugging Face GPT-2 checkpoints, minimech's own saved models, and downloads.
+"""Getting weights into a GPT: Hugging Face GPT-2 checkpoints and minimech's own saved models (downloads: fetching.py).
 
     load("gpt2")              # a preset name: looked for in the shipped weights, $MINIMECH_WEIGHTS, minimech's
                               # download folder and the local Hugging Face cache (never the network)
@@ -12,14 +12,11 @@ Every failure raises one MinimechError subclass that names the file and says wha
 from __future__ import annotations
 
 import hashlib
-import http.client
 import importlib.resources
 import json
 import os
 import re
-import warnings
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -27,11 +24,10 @@ import torch
 import minimech
 
 from .config import PRESETS, ConfigError, GPTConfig, from_hf_config
-from .errors import MinimechError
+from .errors import MinimechError, UsageError
 from .model import GPT
 from .tokenizer import GPT2_N_VOCAB, Tokenizer
 
-HF_BASE_URL = "https://huggingface.co"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",  # in order of preference
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 ALIASES = {"openai-community/gpt2": "gpt2", "openai-community/gpt2-medium": "gpt2-medium",
@@ -49,10 +45,6 @@ class WeightsNotFoundError(WeightsError, FileNotFoundError):
 
 class ChecksumError(WeightsError):
     """A file whose sha256 differs from the one recorded for it."""
-
-
-class FetchError(MinimechError):
-    """A download that failed (most often: this machine is offline)."""
 
 
 def weights_dir() -> Path:
@@ -150,6 +142,25 @@ def hf_to_minimech(state_dict: dict, cfg: GPTConfig, what: str = "the state dict
 
 # ---- Reading files -------------------------------------------------------------------------------------------------
 
+LFS_POINTER = b"version https://git-lfs"  # what a clone without git-lfs holds in place of each large file
+
+
+def _missing(path: Path) -> WeightsNotFoundError:
+    return WeightsNotFoundError(f"{path} does not exist: the checkpoint is incomplete; download it again")
+
+
+def _refuse_lfs_pointer(path: Path) -> None:
+    """Raise if `path` is a Git LFS pointer: without this, it reads as a corrupt (or tampered) weights file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError:
+        return  # the reader that follows reports it
+    if head == LFS_POINTER:
+        raise WeightsError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in that repository "
+                           "(or download the file)")
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A .safetensors or .bin file (or a sharded checkpoint's .index.json) as {name: tensor}."""
     if path.name.endswith(".index.json"):  # sharded: {"weight_map": {tensor: shard file}}
@@ -159,7 +170,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} is not a valid shard index ({e}): download the checkpoint again") from None
         return {k: v for shard in shards for k, v in _read_tensors(path.parent / shard).items()}
     if not path.is_file():
-        raise WeightsNotFoundError(f"{path} does not exist: the checkpoint is incomplete; download it again")
+        raise _missing(path)
+    _refuse_lfs_pointer(path)
     fix = "it is truncated or corrupt: download or copy it again (for a preset: minimech fetch <name>)"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -175,13 +187,17 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
                 raise
             sd = torch.load(path, map_location="cpu", weights_only=True)  # old (pre-zip) format: no mmap
     except Exception as e:
-        if "weights only" in str(e).lower():  # torch refused a pickle that names code or arbitrary objects
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-            raise WeightsError(f"{path} holds Python objects besides tensors ({found[1] if found else 'see torch'}),"
-                               " which minimech refuses to unpickle: unpickling them could run code. If you trust "
-                               "the file, convert it to a state dict of tensors in safetensors format") from None
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                           f"{fix}") from None
+        # Only "Unsupported global" means a well-formed pickle that names code or arbitrary objects. Torch's other
+        # weights-only failures ("Unsupported operand 118", ...) come from bytes that are no pickle at all.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise WeightsError(f"{path} holds Python objects besides tensors ({found[1]}), which minimech refuses "
+                               "to unpickle: unpickling them could run code. If you trust the file, convert it to a "
+                               "state dict of tensors in safetensors format") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))  # torch's own advice would mislead here
+        detail = detail[1].strip() if detail else str(e)[:200]
+        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {detail}): the file is "
+                           f"corrupt or not a PyTorch checkpoint; {fix}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors: save the state dict")
     return sd
@@ -228,6 +244,9 @@ def _load_card(directory: Path, verify: bool, device, dtype) -> GPT:
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
         raise WeightsError(f"{card_path} is not a valid model card ({type(e).__name__}: {e}): restore it "
                            "(git checkout weights/..., or reinstall minimech)") from None
+    if not weights.is_file():
+        raise _missing(weights)  # before hashing it, which would raise a bare FileNotFoundError
+    _refuse_lfs_pointer(weights)  # before the checksum, which would call it damaged
     if verify:
         expected = (card.get("sha256") or {}).get("model.safetensors")
         if expected is None:
@@ -333,8 +352,7 @@ def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32,
     model.safetensors); a weights file next to its config.json; or None for the default shipped model.
     verify: check minimech-format files against the sha256 in their card.
     """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    _check_load_arguments(name_or_path, device, dtype)
     if name_or_path is None:
         default = weights_dir() / "DEFAULT"
         if not default.is_file():
@@ -361,6 +379,28 @@ def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32,
                                f"{', '.join(PRESETS)}")
 
 
+def _check_load_arguments(name_or_path, device, dtype) -> None:
+    """Raise UsageError for an argument load() cannot use, before any file is read."""
+    if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+        raise UsageError(f"name_or_path must be a model name or a path (str or pathlib.Path), got "
+                         f"{type(name_or_path).__name__} {name_or_path!r}")
+    if isinstance(name_or_path, str) and not name_or_path.strip():
+        # Path("") is the current folder: loading whatever happens to be there is never what was meant.
+        raise UsageError(f"name_or_path is empty ({name_or_path!r}): pass a preset name such as 'gpt2', a path "
+                         "('.' for the current folder), or nothing for the default shipped model")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:0', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device={device!r}, but this torch sees no CUDA GPU (torch.cuda.is_available() is False): "
+                         "use device='cpu'")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        named = isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
+        hint = f" (did you mean torch.{dtype}?)" if named else ""
+        raise UsageError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}{hint}")
+
+
 def shipped_models() -> list[str]:
     """Names of the small models shipped in weights/ (each a folder with card.json + model.safetensors)."""
     root = weights_dir()
@@ -369,139 +409,59 @@ def shipped_models() -> list[str]:
 
 # ---- minimech's own format -----------------------------------------------------------------------------------------
 
+SAVE_WRITES = {"config", "vocab", "sha256"}  # card keys save() computes itself
+
+
+def _as_json(value):
+    """`value` as it reads back from card.json (tuples become lists), for comparing a card's value with a fresh one."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
 def save(model: GPT, directory, card_extra: dict | None = None) -> Path:
     """Write `model` as directory/model.safetensors (minimech's names) + directory/card.json; returns the folder.
 
-    card.json: {"config": GPTConfig.to_dict(), "vocab": the compact vocab (GPT-2 ids) or null,
-    "sha256": {"model.safetensors": hex}, ...card_extra}. load(directory) reads it back.
+    card.json: the model's own card (model.card: what it was trained on, its metrics and mechanisms), updated with
+    card_extra, plus the keys save() writes itself: {"config": GPTConfig.to_dict(), "vocab": the compact vocab
+    (GPT-2 ids) or null, "sha256": {"model.safetensors": hex}}. load(directory) reads it back.
+    card_extra may repeat those keys only with the values save() writes (or the model's card holds, as in
+    save(model, d, card_extra=model.card)); any sha256 in it is replaced by the new file's.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    reserved = {"config", "vocab", "sha256"} & set(card_extra or {})
-    if reserved:
-        raise ValueError(f"card_extra may not set {sorted(reserved)}: save() writes those itself")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} is a file: save() writes a folder (model.safetensors + card.json)")
+    tokenizer = getattr(model, "tokenizer", None)
+    written = {"config": model.cfg.to_dict(), "vocab": getattr(tokenizer, "vocab", None)}
+    own = getattr(model, "card", None) or {}
+    extra = dict(card_extra or {})
+    for key in set(extra) & SAVE_WRITES:
+        # A sha256 from elsewhere describes some other file: the card must carry this file's, or it fails verify.
+        value = _as_json(extra[key])
+        if key == "sha256" or value == _as_json(written[key]) or key in own and value == _as_json(own[key]):
+            del extra[key]
+    if conflicting := sorted(set(extra) & SAVE_WRITES):
+        raise UsageError(f"card_extra may not set {conflicting} to values other than the model's: save() writes "
+                         "those itself (config from model.cfg, vocab from model.tokenizer)")
+    card = {**{k: v for k, v in own.items() if k not in SAVE_WRITES}, **extra, **written}
+    try:  # before the weights are written: a card that cannot be saved should leave nothing behind
+        json.dumps(card)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"the model card cannot be written as JSON ({e}): pass card_extra values that are "
+                         "numbers, strings, lists and dicts") from None
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors", metadata={"format": "pt", "minimech": minimech.__version__})
     os.chmod(directory / "model.safetensors", 0o644)  # safetensors creates it owner-only; weights are for sharing
-    tokenizer = getattr(model, "tokenizer", None)
-    card = {**(card_extra or {}), "config": model.cfg.to_dict(), "vocab": getattr(tokenizer, "vocab", None),
-            "sha256": {"model.safetensors": sha256_file(directory / "model.safetensors")}}
+    card["sha256"] = {"model.safetensors": sha256_file(directory / "model.safetensors")}
     tmp = directory / "card.json.tmp"
     tmp.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp, directory / "card.json")  # a reader never sees half a card
     return directory
 
 
-# ---- Downloading the official checkpoints --------------------------------------------------------------------------
-
-def read_manifest() -> dict:
-    path = weights_dir() / "gpt2-manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FetchError(f"cannot read the checksum manifest {path} ({e}): reinstall minimech") from None
-
-
-def _offline(url: str, err, part: Path) -> FetchError:
-    return FetchError(
-        f"could not download {url} ({err}). This machine may be offline. Either run `minimech fetch` on a machine "
-        f"with internet and copy the folder it prints, or download config.json and model.safetensors by hand from "
-        f"the Hub into {part.parent}. " + (f"The partial file {part} is kept; the next fetch resumes it."
-                                           if part.exists() else ""))
-
-
-def download(url: str, target, *, size: int | None = None, sha256: str | None = None, progress: bool = True) -> Path:
-    """Download `url` to `target` through `target.part`, resuming a partial .part with an HTTP Range request.
-
-    The finished file is checked against `size` and `sha256` (when given) before it is renamed into place: a file that
-    fails is deleted and ChecksumError raised, so a bad file never sits where load() would find it.
-    """
-    from tqdm import tqdm
-
-    target = Path(target)
-    part = target.with_name(target.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if size is not None and have > size:
-        part.unlink()  # longer than the real file: it cannot be a prefix of it
-        have = 0
-    if size is None or have < size:
-        headers = {"User-Agent": f"minimech/{minimech.__version__}"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as resp:
-                if resp.status == 200 and have:  # the server ignored Range and sends everything: start over
-                    have = 0
-                total = have + int(resp.headers["Content-Length"]) if resp.headers.get("Content-Length") else size
-                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name, disable=not progress)
-                with open(part, "ab" if have else "wb") as f, bar:
-                    while chunk := resp.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-        except urllib.error.HTTPError as e:
-            # 416 "range not satisfiable" answers a Range that starts at the file's end: the .part is already whole
-            # if the server's length ("bytes */LENGTH") is what we have; otherwise the .part is not this file.
-            if e.code != 416 or not (e.headers.get("Content-Range") or "").endswith(f"/{have}"):
-                if e.code == 416:
-                    part.unlink()
-                raise _offline(url, f"HTTP {e.code} {e.reason}", part) from None
-        except (OSError, http.client.HTTPException, ValueError) as e:  # no network, DNS, reset, timeout, short read
-            raise _offline(url, e, part) from None
-    got = part.stat().st_size
-    if size is not None and got != size:
-        if got < size:
-            raise _offline(url, f"the transfer stopped at {got} of {size} bytes", part)
-        part.unlink()
-        raise ChecksumError(f"{url} gave {got} bytes but the manifest says {size}; deleted it. Run fetch again; if "
-                            "this repeats, the file on the Hub changed: update weights/gpt2-manifest.json")
-    if sha256 is not None:
-        actual = sha256_file(part)
-        if actual != sha256:
-            part.unlink()
-            raise ChecksumError(f"{url}: the download's sha256 is {actual} but the manifest expects {sha256}; the "
-                                "corrupt file was deleted. Run fetch again; if this repeats, the file on the Hub "
-                                "changed: update weights/gpt2-manifest.json")
-    os.replace(part, target)
-    return target
-
-
-def _intact(path: Path, size, sha256, git_blob_sha1) -> bool:
-    """Whether `path` matches every checksum given. git_blob_sha1 is the id git (and the Hub) gives a small file
-    stored in git rather than LFS: sha1 of "blob <size>\\0" + content."""
-    if size is not None and path.stat().st_size != size or sha256 is not None and sha256_file(path) != sha256:
-        return False
-    data = path.read_bytes() if git_blob_sha1 is not None else b""
-    return git_blob_sha1 is None or hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == git_blob_sha1
-
-
-def fetch(name: str, dest=None, progress: bool = True, *, base_url: str = HF_BASE_URL) -> Path:
-    """Download config.json + model.safetensors of an official GPT-2 checkpoint; returns the folder.
-
-    dest: default $MINIMECH_WEIGHTS/<name> if set, else ~/.cache/minimech/<name> (where load(name) looks).
-    Checked against weights/gpt2-manifest.json; files it has no checksum for are reported as unverified.
-    """
-    name = ALIASES.get(name, name)
-    manifest = read_manifest()
-    if name.startswith("_") or name not in manifest:
-        known = ", ".join(k for k in manifest if not k.startswith("_"))
-        raise FetchError(f"no checkpoint called {name!r} in the manifest; known: {known}")
-    entry = manifest[name]
-    dest = Path(dest) if dest is not None else download_dir(name)
-    dest.mkdir(parents=True, exist_ok=True)
-    for filename, spec in entry["files"].items():
-        # A manifest entry may pin the commit its checksums were taken at, so that a later change on `main` cannot
-        # turn into a checksum failure.
-        revision = entry.get("revision", "main")
-        target, url = dest / filename, f"{base_url.rstrip('/')}/{entry['repo']}/resolve/{revision}/{filename}"
-        size, sha256, sha1 = spec.get("size"), spec.get("sha256"), spec.get("git_blob_sha1")
-        if target.exists() and _intact(target, size, sha256, sha1):
-            continue  # already here: a second fetch costs nothing
-        download(url, target, size=size, sha256=sha256, progress=progress)
-        if sha1 is not None and not _intact(target, None, None, sha1):  # size and sha256: checked by download()
-            target.unlink()
-            raise ChecksumError(f"{url}: git blob id differs from the manifest's {sha1}; deleted it; run fetch again")
-        if sha256 is None and sha1 is None:
-            warnings.warn(f"{target}: unverified: no published checksum in the manifest", stacklevel=2)
-    return dest
+# Downloading lives in fetching.py; these names stay importable from here.
+from .fetching import FetchError, HF_BASE_URL, download, fetch, read_manifest  # noqa: E402,F401
