@@ -68,6 +68,9 @@ class Exercise:
     cases: Callable[["CaseContext"], list[Case]]
     reference: Callable[..., Any]
     compare: Callable[[Any, Any, Case], "str | None"] | None = None
+    # Dotted names of library functions that already do what the exercise asks (e.g. "minimech.analysis.
+    # logit_diff"): a learner's code that calls one of them directly fails the exercise, as an import would.
+    library: tuple = ()
 
     def __post_init__(self):
         if not EXERCISE_ID.match(self.id):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import faulthandler
+import gc
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +41,7 @@ import minimech  # noqa: F401 - imported here so the forkserver has it before fo
 
 from .api import Exercise
 from .lessons import load_module
-from .runner import ForbiddenImportError, classify, run_exercise
+from .runner import ForbiddenImportError, build_cases, classify, run_exercise
 from .wire import tensors_from_bytes, tensors_to_bytes
 
 STARTUP_LIMIT_S = 300  # importing torch in a cold forkserver on a busy machine; not the learner's time
@@ -90,8 +92,9 @@ def install_import_guard(forbidden: list[str], attempts: list) -> None:
 
 
 def _lesson_files_loaded(lesson_dir: str) -> list[str]:
-    """Modules loaded by path from the lesson's solutions.py or bugs.py (a way round the import guard)."""
-    secret = {str(Path(lesson_dir, n).resolve()) for n in ("solutions.py", "bugs.py")}
+    """Modules loaded by path from the lesson's solutions.py, bugs.py or checks.py (a way round the import guard)."""
+    # checks.py too: the grader's own copy has left sys.modules before the learner's file runs (_prepare)
+    secret = {str(Path(lesson_dir, n).resolve()) for n in ("solutions.py", "bugs.py", "checks.py")}
     files = (str(getattr(m, "__file__", None) or "") for m in list(sys.modules.values()))
     return sorted({Path(f).name for f in files if f in secret})
 
@@ -114,18 +117,78 @@ def _send(conn, **event) -> None:
     conn.send_bytes(json.dumps(event).encode())
 
 
+@dataclass(frozen=True)
+class _Task:
+    """What the child keeps of an exercise once the answer key is gone: no reference, no compare."""
+    id: str
+    function: str
+    library: tuple
+
+
+def _prepare(job: dict) -> dict[str, tuple]:
+    """{exercise id: (task, cases, setup error)}, built before the learner's file is imported: so nothing the file
+    does at import (torch.set_default_dtype, seeding) changes the inputs, and so the answer key (checks.py, with its
+    reference functions) can leave the process before any learner code runs."""
+    module_name = f"_minimech_checks_{job['lesson_id']}"
+    checks = load_module(Path(job["checks"]), module_name)
+    exercises: dict[str, Exercise] = {e.id: e for e in checks.EXERCISES}
+    prepared, exercise = {}, None
+    for ex_id in job["exercises"]:
+        exercise = exercises[ex_id]
+        task = _Task(exercise.id, exercise.function, tuple(exercise.library))
+        try:
+            prepared[ex_id] = (task, build_cases(exercise, job["seed"], job["model_name"]), None)
+        except Exception as exc:
+            prepared[ex_id] = (task, None, f"grader error: building the inputs failed: {type(exc).__name__}: {exc}")
+    del checks, exercises, exercise
+    sys.modules.pop(module_name, None)
+    gc.collect()  # the reference functions are unreachable now; make them gone, not just unlisted
+    return prepared
+
+
+class _ForbiddenModule(types.ModuleType):
+    """Stands in for an already-imported forbidden module on its parent package (`minimech.loading`), so reaching
+    it as an attribute fails like importing it would."""
+
+    def __init__(self, name: str, attempts: list):
+        super().__init__(name)
+        object.__setattr__(self, "_attempts", attempts)
+
+    def __getattr__(self, attr):
+        self._attempts.append(self.__name__)
+        raise ForbiddenImportError(f"using {self.__name__}.{attr} is not allowed in a submission")
+
+
+def _hide_forbidden_modules(forbidden: list[str], attempts: list) -> None:
+    for name in forbidden:
+        parent_name, _, child = name.rpartition(".")
+        parent = sys.modules.get(parent_name) if parent_name else None
+        if parent is not None and isinstance(getattr(parent, child, None), types.ModuleType):
+            setattr(parent, child, _ForbiddenModule(name, attempts))  # sys.modules keeps it: library code uses it
+
+
+# What a file needs only to dig the grader's objects out of the process (sys.modules alone is common and harmless).
+GRADER_INTERNALS = re.compile(r"_minimech_checks|\bgc\.get_(objects|referrers|referents)\b")
+
+
 def child_main(job: dict, conn) -> None:
     """The child's whole life: set up, import the learner's file, run the exercises, report each one."""
     _child_setup(job)
-    checks = load_module(Path(job["checks"]), f"_minimech_checks_{job['lesson_id']}")
-    exercises: dict[str, Exercise] = {e.id: e for e in checks.EXERCISES}
+    prepared = _prepare(job)
     _send(conn, event="ready")
     limit = _vm_size_bytes() + job["memory_limit_mb"] * 2**20  # what is loaded already, plus the lesson's allowance
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     attempts: list[str] = []
     install_import_guard(job["forbidden"], attempts)
+    _hide_forbidden_modules(job["forbidden"], attempts)
     learner_file = job["learner_file"]
     sys.path.insert(0, str(Path(learner_file).parent))
+    reaching = GRADER_INTERNALS.search(Path(learner_file).read_text(errors="replace"))
+    if reaching:
+        _send(conn, event="import_failed", status="forbidden import",
+              message=f"your file uses {reaching[0]}, which reaches into the grader's own objects; a submission "
+                      "may not (remove it: the exercises need only their arguments)")
+        return
     try:
         module = load_module(Path(learner_file), "learner_lesson")
         attempts += _lesson_files_loaded(job["lesson_dir"])
@@ -143,7 +206,9 @@ def child_main(job: dict, conn) -> None:
     for ex_id in job["exercises"]:
         _send(conn, event="start", exercise=ex_id)
         loaded = set(_lesson_files_loaded(job["lesson_dir"]))
-        record, tensors = run_exercise(module, exercises[ex_id], job["seed"], job["model_name"], learner_file, attempts)
+        task, cases, setup_error = prepared[ex_id]
+        record, tensors = run_exercise(module, task, job["seed"], job["model_name"], learner_file, attempts,
+                                       cases=cases, setup_error=setup_error)
         sneaked = set(_lesson_files_loaded(job["lesson_dir"])) - loaded
         for case in record["cases"] if sneaked else []:  # loaded solutions.py by path: as bad as importing it
             case.update(status="forbidden import", output=None, message=f"loaded {sorted(sneaked)[0]!r} by path, "
@@ -156,6 +221,10 @@ def child_main(job: dict, conn) -> None:
         Path(f"{base}.safetensors").write_bytes(data)
         Path(f"{base}.json").write_text(json.dumps(record))
         _send(conn, event="done", exercise=ex_id)
+        if any(case["status"] == "model mutated" for case in record["cases"]):
+            # the later exercises' inputs share that model: a fresh child builds them again from the saved weights
+            _send(conn, event="restart", after=ex_id)
+            return
     _send(conn, event="finished")
 
 
@@ -283,6 +352,8 @@ def _run_child(job: dict, exercises: list[str], outcomes: dict) -> list[str]:
                 outcomes[event["exercise"]] = {"record": json.loads(Path(f"{base}.json").read_text()),
                                                "tensors": tensors_from_bytes(Path(f"{base}.safetensors").read_bytes())}
                 current = None
+            elif kind == "restart":
+                return exercises[exercises.index(event["after"]) + 1:]
             elif kind == "finished":
                 return []
     finally:

@@ -9,9 +9,12 @@ exceptions into statuses: not attempted, error, memory, exited, forbidden import
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
+import sys
 import traceback
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -126,6 +129,99 @@ def classify(exc: BaseException, exercise_id: str, learner_file: str) -> tuple[s
     return "error", f"{type(exc).__name__}: {text}{suffix}"
 
 
+# ---- the conditions of one call ---------------------------------------------------------------------------------
+
+def is_learner_code(filename: str, learner_file: str) -> bool:
+    """Whether code compiled from `filename` is the learner's: their file, or a cell of their converted notebook."""
+    return filename == learner_file or filename.startswith(f"{learner_file} cell ")
+
+
+def _resolve(dotted: str):
+    """The object a dotted name ("minimech.analysis.logit_diff") names, from modules already loaded, or None."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        obj = sys.modules.get(".".join(parts[:split]))
+        if obj is not None:
+            try:
+                for attr in parts[split:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                return None
+            return obj
+    return None
+
+
+@contextmanager
+def library_traps(names, learner_file: str, attempts: list):
+    """While the block runs, calling one of the named library functions *from the learner's code* raises
+    ForbiddenImportError; the library's own uses of them (model internals, other helpers) run as usual.
+
+    Every binding of the function in minimech's modules, torch's and the learner's is swapped, so
+    `from minimech.analysis import x` bound before the call is caught as well as `minimech.analysis.x`."""
+    originals = {}  # {id: (dotted name, function)}; classes are left alone (isinstance checks need them)
+    for name in names:
+        obj = _resolve(name)
+        if callable(obj) and not isinstance(obj, type):
+            originals[id(obj)] = (name, obj)
+    swapped = []
+    if originals:
+        def make_trap(name, original):
+            def trap(*args, **kwargs):
+                if is_learner_code(sys._getframe(1).f_code.co_filename, learner_file):
+                    attempts.append(name)
+                    raise ForbiddenImportError(f"calls {name}, the library's own version of what this exercise "
+                                               "asks you to write: write it yourself")
+                return original(*args, **kwargs)
+            return trap
+
+        traps = {key: make_trap(name, obj) for key, (name, obj) in originals.items()}
+        for module in list(sys.modules.values()):
+            module_name = getattr(module, "__name__", "") or ""
+            if not (module_name.split(".")[0] in ("minimech", "torch", "learner_lesson")
+                    or getattr(module, "__file__", None) == learner_file):
+                continue
+            namespace = getattr(module, "__dict__", {})
+            for attr, value in list(namespace.items()):
+                if id(value) in traps and value is originals[id(value)][1]:
+                    namespace[attr] = traps[id(value)]
+                    swapped.append((namespace, attr, value))
+    try:
+        yield
+    finally:
+        for namespace, attr, value in swapped:
+            namespace[attr] = value
+
+
+@contextmanager
+def lesson_conditions():
+    """The call runs with torch's default dtype float32, whatever the learner's file set at import, and leaves the
+    default dtype and grad mode as it found them (a learner's global change must not reach the next call)."""
+    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+
+
+def call_with(fn, args: dict):
+    """fn(**args); when the learner renamed the parameters but kept their order, fn(*args.values())."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C function)
+        return fn(**args)
+    try:
+        signature.bind(**args)
+    except TypeError:
+        try:
+            signature.bind(*args.values())
+        except TypeError:
+            return fn(**args)  # neither fits: let Python's own error name the mismatch
+        return fn(*args.values())
+    return fn(**args)
+
+
 # ---- one exercise -----------------------------------------------------------------------------------------------
 
 def build_cases(exercise: Exercise, seed: int, model_name: str) -> list[Case]:
@@ -138,7 +234,7 @@ def build_cases(exercise: Exercise, seed: int, model_name: str) -> list[Case]:
 
 
 def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_attempts: list,
-              prints: dict[int, dict]) -> tuple[str, str, object]:
+              prints: dict[int, dict], library=()) -> tuple[str, str, object]:
     """(status, message, output) of one call; status "ok" means it returned (right or wrong is decided elsewhere).
     prints {id(model): fingerprint} carries each model's fingerprint from one call to the next."""
     models = _models_in(case.args)
@@ -148,10 +244,11 @@ def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_att
     attempts = len(forbidden_attempts)
     status, message, output = "ok", "", None
     try:
-        output = fn(**case.args)
+        with lesson_conditions(), library_traps(library, learner_file, forbidden_attempts):
+            output = call_with(fn, case.args)
     except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt: a learner's call must not end the run
         status, message = classify(exc, exercise_id, learner_file)
-    if len(forbidden_attempts) > attempts:
+    if len(forbidden_attempts) > attempts and status != "forbidden import":
         status, message = "forbidden import", f"imported {forbidden_attempts[-1]!r}, which a submission may not"
     mutated = _mutation(prints, models)
     if mutated:
@@ -162,8 +259,12 @@ def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_att
 
 
 def run_exercise(module, exercise: Exercise, seed: int, model_name: str, learner_file: str,
-                 forbidden_attempts: list) -> tuple[dict, dict]:
-    """The record of one exercise ({"exercise", "setup_error", "cases": [...]}) and its outputs' tensors."""
+                 forbidden_attempts: list, cases: list[Case] | None = None,
+                 setup_error: str | None = None) -> tuple[dict, dict]:
+    """The record of one exercise ({"exercise", "setup_error", "cases": [...]}) and its outputs' tensors.
+
+    exercise needs only .id, .function and .library here. cases: built beforehand (the isolated child builds every
+    exercise's cases before it imports the learner's file, then drops the answer key); None builds them now."""
     record = {"exercise": exercise.id, "setup_error": None, "cases": []}
     tensors: dict = {}
     fn = getattr(module, exercise.function, None)
@@ -171,16 +272,21 @@ def run_exercise(module, exercise: Exercise, seed: int, model_name: str, learner
         record["setup_error"] = (f"your file has no function {exercise.function}(): keep the exercise's function "
                                  "name as the lesson wrote it")
         return record, tensors
-    try:
-        cases = build_cases(exercise, seed, model_name)
-    except Exception as exc:
-        record["setup_error"] = f"grader error: building the inputs failed: {type(exc).__name__}: {exc}"
+    if setup_error is not None:
+        record["setup_error"] = setup_error
         return record, tensors
+    if cases is None:
+        try:
+            cases = build_cases(exercise, seed, model_name)
+        except Exception as exc:
+            record["setup_error"] = f"grader error: building the inputs failed: {type(exc).__name__}: {exc}"
+            return record, tensors
     prints: dict[int, dict] = {}
     for index, case in enumerate(cases):
         digest = input_digest(case.args)
         torch.manual_seed(seed + index)
-        status, message, output = call_case(fn, case, exercise.id, learner_file, forbidden_attempts, prints)
+        status, message, output = call_case(fn, case, exercise.id, learner_file, forbidden_attempts, prints,
+                                            getattr(exercise, "library", ()))
         structure = None
         if status == "ok":
             try:

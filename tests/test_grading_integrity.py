@@ -1,0 +1,87 @@
+"""What a submission may not do to score, and what must not cost a correct one its marks: the answer key is gone
+from the learner's process, the library's own version of an exercise cannot be called, a forbidden module already
+imported cannot be reached as an attribute; torch.set_default_dtype at the top of a file, renamed parameters and a
+model changed in one exercise do not cost the others."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from minimech.grading import fill_solutions, get_lesson, run_checks
+
+ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
+
+
+@pytest.fixture(scope="module")
+def lesson():
+    return get_lesson("99", ROOT)
+
+
+def swap(source: str, function: str, body: str) -> str:
+    lines = source.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {function}("))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "\t")))
+    indented = ["    " + line for line in body.strip("\n").splitlines()]
+    return "\n".join(lines[:start + 1] + indented + [""] + lines[end:]) + "\n"
+
+
+def grade(lesson, tmp_path, text: str, name: str = "lesson.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    report = run_checks(lesson, path, seed=5)  # isolated, as classes are graded
+    return {e.id: e for e in report.exercises}
+
+
+def test_the_answer_key_is_not_in_the_learners_process(lesson, tmp_path):
+    # digs for the checks module without naming it (a literal name is refused outright, see the next test)
+    dig = ("import sys\n"
+           "found = [m for m in list(sys.modules.values()) if isinstance(getattr(m, 'EXERCISES', None), list)]\n"
+           "return found[0].EXERCISES[0].reference(x, dim)")
+    results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "softmax", dig))
+    assert results["99.1"].status == "error" and "index out of range" in results["99.1"].message
+    assert results["99.2"].status == results["99.3"].status == "pass"
+
+
+def test_naming_the_grader_module_is_refused(lesson, tmp_path):
+    text = "import sys\nKEY = '_minimech_checks_99'\n" + fill_solutions(lesson)
+    results = grade(lesson, tmp_path, text)
+    assert all(e.status == "forbidden import" for e in results.values())
+
+
+@pytest.mark.parametrize("body", ["return torch.nn.functional.softmax(x, dim)",
+                                  "return torch.softmax(x, dim)",
+                                  "from torch.nn.functional import softmax as theirs\nreturn theirs(x, dim)"])
+def test_calling_the_librarys_own_version_fails_that_exercise_only(lesson, tmp_path, body):
+    results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "softmax", body))
+    assert results["99.1"].status == "forbidden import" and "write it yourself" in results["99.1"].message
+    assert results["99.2"].status == results["99.3"].status == "pass"  # 99.3's model still uses softmax inside
+
+
+def test_a_forbidden_module_already_imported_cannot_be_reached_as_an_attribute(tmp_path):
+    root = tmp_path / "lessons"
+    shutil.copytree(ROOT / "99_fixture", root / "99_fixture")
+    settings = json.loads((root / "99_fixture" / "lesson.json").read_text())
+    settings["forbidden_imports"] += ["minimech.loading"]
+    (root / "99_fixture" / "lesson.json").write_text(json.dumps(settings))
+    lesson = get_lesson("99", root)
+    body = "import minimech\nminimech.loading.sha256_file\nreturn torch.ones(n, n).tril().bool()"
+    results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "causal_mask", body))
+    assert results["99.2"].status == "forbidden import" and "minimech.loading" in results["99.2"].message
+    assert results["99.1"].status == results["99.3"].status == "pass"  # minimech.load still works for the grader
+
+
+def test_a_global_default_dtype_does_not_cost_a_correct_file(lesson, tmp_path):
+    text = "import torch\ntorch.set_default_dtype(torch.float64)\n" + fill_solutions(lesson)
+    results = grade(lesson, tmp_path, text)
+    assert all(e.status == "pass" for e in results.values()), {k: e.message for k, e in results.items()}
+
+
+def test_renamed_parameters_in_the_lessons_order_still_pass(lesson, tmp_path):
+    text = fill_solutions(lesson).replace("def softmax(x: torch.Tensor, dim: int = -1)",
+                                          "def softmax(scores, axis=-1)")
+    text = swap(text, "softmax", "e = (scores - scores.amax(axis, keepdim=True)).exp()\n"
+                                 "return e / e.sum(axis, keepdim=True)")
+    assert "def softmax(scores, axis=-1)" in text
+    assert grade(lesson, tmp_path, text)["99.1"].status == "pass"
