@@ -190,7 +190,8 @@ def test_gradescope_results_follow_the_schema(graded, lesson):
 def test_failure_messages_show_the_learners_value_never_the_reference(lesson, tmp_path):
     """A softmax in reverse order (each row still sums to 1): the message names the first wrong index and the
     learner's value there, and not the right value."""
-    reversed_softmax = swap(fill_solutions(lesson), "softmax", "return torch.softmax(x, dim).flip(dim)")
+    reversed_softmax = swap(fill_solutions(lesson), "softmax", "e = (x - x.amax(dim, keepdim=True)).exp()\n"
+                                                               "return (e / e.sum(dim, keepdim=True)).flip(dim)")
     (tmp_path / "lesson.py").write_text(reversed_softmax)
     report = run_checks(lesson, tmp_path / "lesson.py", exercises="1", seed=7, isolate=False)
     message = report.exercises[0].message
