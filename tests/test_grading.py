@@ -262,7 +262,7 @@ def test_learner_commands_start_check_hint_solution_lessons(lesson, tmp_path, mo
     mine.write_text(swap(mine.read_text(), "causal_mask", "return torch.ones(n, n).tril().bool()"))
     assert main(["start", "99", "--dir", str(workspace)]) == 1  # never overwrites the learner's work
     capsys.readouterr()
-    assert main(["check", "99", "--dir", str(workspace), "--seed", "5"]) == 0
+    assert main(["check", "99", "--dir", str(workspace), "--seed", "5"]) == 1  # not every exercise passes yet
     out = capsys.readouterr().out
     assert "99.2      Causal mask           pass" in out and "not attempted" in out and "total 1/6" in out
     assert main(["hint", "99.1", "--dir", str(workspace)]) == 0 and main(["hint", "99.1", "--dir", str(workspace)]) == 0
@@ -298,7 +298,7 @@ def test_grade_command_writes_outputs_even_when_checks_py_is_broken(lesson, tmp_
     (subs / "ann").mkdir(parents=True)
     (subs / "ann" / "lesson.py").write_text(fill_solutions(lesson))
     assert main(["grade", "99", str(subs), "--csv", str(tmp_path / "g.csv"),
-                 "--gradescope", str(tmp_path / "r.json")]) == 0
+                 "--gradescope", str(tmp_path / "r.json")]) == 1  # written, but the command says it failed
     result = json.loads((tmp_path / "r.json").read_text())["ann"]
     assert result["score"] == 0 and sum(t["max_score"] for t in result["tests"]) == 6
     assert all("checks.py is broken" in t["output"] for t in result["tests"])

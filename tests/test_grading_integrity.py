@@ -85,3 +85,27 @@ def test_renamed_parameters_in_the_lessons_order_still_pass(lesson, tmp_path):
                                  "return e / e.sum(axis, keepdim=True)")
     assert "def softmax(scores, axis=-1)" in text
     assert grade(lesson, tmp_path, text)["99.1"].status == "pass"
+
+
+def test_grading_options_that_cannot_work_stop_before_any_student(lesson, tmp_path):
+    from minimech.grading.api import GradingError
+    from minimech.grading.classroom import grade_submissions
+
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "subs" / "ann" / "lesson.py").write_text(fill_solutions(lesson))
+    for kwargs, fragment in (({"model": "no-such-model"}, "cannot use model 'no-such-model'"),
+                             ({"seed": 10**20}, "seed"), ({"time_limit_s": 0}, "time limit must be positive")):
+        with pytest.raises(GradingError, match=fragment):
+            grade_submissions(lesson, tmp_path / "subs", **kwargs)
+        with pytest.raises(GradingError, match=fragment):
+            run_checks(lesson, tmp_path / "subs" / "ann" / "lesson.py", **kwargs)
+
+
+def test_grade_refuses_output_paths_it_could_not_write_before_grading(lesson, tmp_path, monkeypatch, capsys):
+    from minimech.cli import main
+
+    monkeypatch.setenv("MINIMECH_LESSONS", str(ROOT))
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "afile").write_text("x")
+    assert main(["grade", "99", str(tmp_path / "subs"), "--csv", str(tmp_path / "afile" / "g.csv")]) == 1
+    assert "is a file, where a folder is needed" in capsys.readouterr().err

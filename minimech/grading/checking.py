@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..errors import MinimechError
 from .api import Case, Exercise, GradingError
 from .lessons import Lesson, get_lesson, load_checks, load_module
 from .report import CaseResult, ExerciseResult, Report, lost_exercise, score_exercise
@@ -129,6 +130,23 @@ def run_in_process(learner_file: Path, exercises: list[Exercise], seed: int, mod
     return outcomes
 
 
+def check_options(model: str | None, seed, time_limit_s, memory_limit_mb) -> None:
+    """One clear error, before any learner's code runs, for options that would otherwise turn into a grader error
+    on every exercise of every student."""
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+        raise GradingError(f"seed {seed}: use a whole number from 0 to 2**63 - 1")
+    for option, value in (("time limit", time_limit_s), ("memory limit", memory_limit_mb)):
+        if value is not None and not value > 0:
+            raise GradingError(f"the {option} must be positive, got {value} (leave it out for the lesson's default)")
+    if model is not None:  # the lesson's default model ships with minimech; another one may be missing here
+        from ..loading import load
+
+        try:
+            load(model)
+        except MinimechError as exc:
+            raise GradingError(f"the checks cannot use model {model!r}: {exc}") from None
+
+
 def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, isolate: bool = True,
                model: str | None = None, root=None, overrides: dict | None = None,
                time_limit_s: float | None = None, memory_limit_mb: int | None = None,
@@ -151,6 +169,8 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
         return dataclasses.replace(report, learner_file=str(learner_file))
     if overrides and isolate:
         raise GradingError("overrides work only with isolate=False")
+    if oracle is None:  # a class's grading checked its options once, before any student
+        check_options(model, seed, time_limit_s, memory_limit_mb)
     all_exercises = load_checks(lesson)
     chosen = select(lesson, all_exercises, exercises)
     if oracle is not None:  # grading a class: one seed, one set of answers for everyone

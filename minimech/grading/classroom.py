@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from .api import GradingError
-from .checking import Oracle, run_checks
+from .checking import Oracle, check_options, run_checks
 from .lessons import Lesson, get_lesson, load_checks
 from .report import ExerciseResult, Report, lost_exercise
 
@@ -78,6 +78,7 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
     """Grade every student folder in submissions_dir, `jobs` at a time (default: all cores). on_done(student,
     report) is called as each finishes."""
     lesson = get_lesson(lesson, root)
+    check_options(model, seed, time_limit_s, memory_limit_mb)  # a bad option stops here, not as N grader errors
     folders = sorted(p for p in Path(submissions_dir).iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     model = model or lesson.settings["default_model"]

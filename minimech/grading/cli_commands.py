@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -75,10 +76,12 @@ def register(command, arg, print_table) -> None:
         path = ws.start(lesson, ws.workspace_for(args.dir), force=args.force)
         print(f"lesson {lesson.id}: {lesson.title}\n  {path}")
         print(f"run it:   python {path}\nnotebook: jupytext --to notebook {path}  (or open it in Jupyter "
-              f"with jupytext)\ncheck it: minimech check {lesson.id}")
+              f"with jupytext)\ncheck it: minimech check {lesson.id}"
+              + (f" --dir {shlex.quote(args.dir)}" if args.dir else ""))
         return 0
 
-    @command("check", "check your lesson.py: which exercises pass, and the first failure's message",
+    @command("check", "check your lesson.py: which exercises pass, and the first failure's message (exit status "
+                      "0 only when every checked exercise passes)",
              arg("lesson", help="the lesson's id, e.g. 02"),
              arg("exercises", nargs="*", help="only these exercises (e.g. 3 or 02.3); default: all"),
              dir_arg, arg("--file", default=None, help="check this file instead of the workspace's lesson.py"),
@@ -96,7 +99,7 @@ def register(command, arg, print_table) -> None:
         if not args.file or Path(args.file).resolve() == (workspace / lesson.name / "lesson.py").resolve():
             if (workspace / ws.PROGRESS_FILE).is_file():
                 ws.record_check(workspace, report)
-        return 0
+        return 0 if all(e.status == "pass" for e in report.exercises) else 1  # usable in a learner's CI
 
     @command("hint", "the next hint for an exercise, one at a time",
              arg("exercise", help="the exercise, e.g. 02.3"), dir_arg,
@@ -143,6 +146,17 @@ def register(command, arg, print_table) -> None:
     _register_instructor_commands(command, arg, print_table)
 
 
+def _check_output_path(option: str, path) -> None:
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise GradingError(f"{option} {path} is a folder: give a file name")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise GradingError(f"{option} {path}: {blocking} is a file, where a folder is needed")
+
+
 def _register_instructor_commands(command, arg, print_table) -> None:
     @command("handout", "instructors: write the student version of a lesson (no solutions) to a folder",
              arg("lesson", help="the lesson's id, e.g. 02"),
@@ -176,6 +190,8 @@ def _register_instructor_commands(command, arg, print_table) -> None:
         if not Path(args.submissions).is_dir():
             raise GradingError(f"{args.submissions} is not a folder of submissions")
         lesson = get_lesson(args.lesson)
+        for option, path in (("--csv", args.csv), ("--gradescope", args.gradescope)):
+            _check_output_path(option, path)  # before the grading, which can take a while, not after it
         lock = threading.Lock()
 
         def done(student, report):
@@ -190,6 +206,12 @@ def _register_instructor_commands(command, arg, print_table) -> None:
         for path in (args.csv, args.gradescope):
             if path:
                 print(f"  wrote {path}")
+        lost = sorted({student for student, report in grades.reports.items()
+                       for e in report.exercises if e.message.startswith("grader error")})
+        if lost:  # the grader's fault, not the students': say so, and fail the command
+            print(f"grader errors in {len(lost)} submission(s) ({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''})"
+                  ": their scores are not the students' fault; see the notes column", file=sys.stderr)
+            return 1
         return 0
 
     @command("autograder", "instructors: build the Gradescope autograder zip for a lesson",

@@ -41,11 +41,11 @@ import minimech  # noqa: F401 - imported here so the forkserver has it before fo
 
 from .api import Exercise
 from .lessons import load_module
-from .runner import ForbiddenImportError, build_cases, classify, run_exercise
+from .runner import FILE_LIMIT_MB, ForbiddenImportError, build_cases, classify, run_exercise
 from .wire import tensors_from_bytes, tensors_to_bytes
 
 STARTUP_LIMIT_S = 300  # importing torch in a cold forkserver on a busy machine; not the learner's time
-MAX_FILE_BYTES = 256 << 20  # the largest file the child may write (its log, its outputs)
+MAX_FILE_BYTES = FILE_LIMIT_MB << 20  # the largest file the child may write (its log, its outputs)
 
 
 # ---- in the child -----------------------------------------------------------------------------------------------
@@ -204,6 +204,11 @@ def child_main(job: dict, conn) -> None:
         return
     _send(conn, event="imported")
     for ex_id in job["exercises"]:
+        try:  # each exercise starts with an empty log: one exercise's printing must not use up the next one's room
+            sys.stdout.flush(), sys.stderr.flush()
+            os.ftruncate(1, 0)
+        except (OSError, ValueError):
+            pass
         _send(conn, event="start", exercise=ex_id)
         loaded = set(_lesson_files_loaded(job["lesson_dir"]))
         task, cases, setup_error = prepared[ex_id]

@@ -8,6 +8,7 @@ exceptions into statuses: not attempted, error, memory, exited, forbidden import
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import re
@@ -22,6 +23,7 @@ import torch
 from .api import Case, CaseContext, Exercise, forget_model, loaded_models
 from .wire import WireError, encode
 
+FILE_LIMIT_MB = 256  # isolation.MAX_FILE_BYTES: the most a learner's process may print or write
 MEMORY_MESSAGES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "std::bad_alloc",
                    "defaultcpuallocator", "out of memory")
 
@@ -122,6 +124,9 @@ def classify(exc: BaseException, exercise_id: str, learner_file: str) -> tuple[s
     out_of_memory = isinstance(exc, RuntimeError) and any(m in text.lower() for m in MEMORY_MESSAGES)
     if isinstance(exc, MemoryError) or out_of_memory:
         return "memory", f"ran out of memory (over the lesson's memory_limit_mb): {type(exc).__name__} {text}{suffix}"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "error", (f"your code printed or wrote more than the grader keeps ({FILE_LIMIT_MB} MB): print less, "
+                         f"e.g. shapes instead of whole tensors{suffix}")
     if isinstance(exc, SystemExit):
         return "exited", f"called sys.exit({exc.code!r}); return a value instead{suffix}"
     if isinstance(exc, WireError):
