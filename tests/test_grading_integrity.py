@@ -109,3 +109,18 @@ def test_grade_refuses_output_paths_it_could_not_write_before_grading(lesson, tm
     (tmp_path / "afile").write_text("x")
     assert main(["grade", "99", str(tmp_path / "subs"), "--csv", str(tmp_path / "afile" / "g.csv")]) == 1
     assert "is a file, where a folder is needed" in capsys.readouterr().err
+
+
+def test_an_untouched_lesson_py_beside_the_worked_notebook_is_not_the_file_graded(lesson, tmp_path):
+    from minimech.grading.classroom import find_submission_file
+
+    folder = tmp_path / "carol"
+    folder.mkdir()
+    (folder / "lesson.py").write_text(lesson.file("lesson.py").read_text())  # the handout, untouched
+    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": fill_solutions(lesson).splitlines(keepends=True)}]
+    (folder / "lesson.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                                                     "nbformat_minor": 5}))
+    assert find_submission_file(folder).name == "lesson.ipynb"
+    (folder / "lesson.py").write_text(fill_solutions(lesson))  # both done: the .py, as before
+    assert find_submission_file(folder).name == "lesson.py"
