@@ -588,9 +588,12 @@ def load_compare(got, want, case) -> str | None:
 
 EXERCISES = [
     Exercise(id="00.1", function="layer_norm", title="LayerNorm", cases=ln_cases, reference=ln_reference,
-             compare=ln_compare),
+             compare=ln_compare,
+             library=("torch.nn.functional.layer_norm", "torch.layer_norm", "torch.native_layer_norm")),
     Exercise(id="00.2", function="attention", title="Causal self-attention", cases=attn_cases,
-             reference=attn_reference, compare=attn_compare),
+             reference=attn_reference, compare=attn_compare,
+             library=("torch.nn.functional.scaled_dot_product_attention",
+                      "torch.nn.functional.multi_head_attention_forward")),
     Exercise(id="00.3", function="mlp", title="The MLP and GPT-2's GELU", cases=mlp_cases, reference=mlp_reference,
              compare=mlp_compare),
     Exercise(id="00.4", function="block", title="A transformer block", cases=block_cases, reference=block_reference,
@@ -598,5 +601,6 @@ EXERCISES = [
     Exercise(id="00.5", function="gpt2_forward", title="The whole forward pass", cases=forward_cases,
              reference=forward_reference, compare=forward_compare),
     Exercise(id="00.6", function="load_hf_state_dict", title="Loading GPT-2's weights", cases=load_cases,
-             reference=load_reference, compare=load_compare),
+             reference=load_reference, compare=load_compare,
+             library=("minimech.loading.hf_to_minimech",)),
 ]

@@ -519,15 +519,19 @@ def grid_compare(got, want, case) -> str | None:
 
 EXERCISES = [
     Exercise(id="04.1", function="memory_value_logits", title="A memory's value through the unembedding",
-             cases=value_cases, reference=value_reference, compare=value_compare),
+             cases=value_cases, reference=value_reference, compare=value_compare,
+             library=("minimech.analysis.memories.memory_logits",)),
     Exercise(id="04.2", function="neuron_activation", title="A neuron's activation by hand", cases=act_cases,
              reference=act_reference, compare=act_compare),
     Exercise(id="04.3", function="top_activating_positions", title="Top-activating positions", cases=top_cases,
-             reference=top_reference, compare=top_compare),
+             reference=top_reference, compare=top_compare,
+             library=("minimech.analysis.memories.top_activating",)),
     Exercise(id="04.4", function="noised_answer_probs", title="Noising the subject", cases=noise_cases,
              reference=noise_reference, compare=noise_compare),
     Exercise(id="04.5", function="restored_answer_prob", title="Restoring one state", cases=restore_cases,
-             reference=restore_reference, compare=restore_compare),
+             reference=restore_reference, compare=restore_compare,
+             library=("minimech.analysis.tracing.causal_trace",)),
     Exercise(id="04.6", function="causal_trace_grid", title="The causal trace", cases=grid_cases,
-             reference=grid_reference, compare=grid_compare),
+             reference=grid_reference, compare=grid_compare,
+             library=("minimech.analysis.tracing.causal_trace",)),
 ]
