@@ -136,7 +136,28 @@ def load_module(path: Path, name: str, register: bool = True) -> types.ModuleTyp
     path = Path(path).resolve()
     module = types.ModuleType(name)
     module.__file__ = str(path)
-    code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    data = path.read_bytes()
+    try:  # from bytes, as `python file.py` reads it: a BOM (Windows Notepad) and a `coding:` line are honoured
+        code = compile(data, str(path), "exec")
+    except SyntaxError:
+        # bytes the file's encoding cannot decode (latin-1 saved without a `coding:` line): read them as U+FFFD,
+        # with a warning, rather than fail; they are nearly always in a comment or a string. Other errors stand.
+        import io
+        import tokenize
+
+        try:
+            encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+        except SyntaxError:  # undecodable bytes on the first two lines, where a `coding:` line would be
+            encoding = "utf-8"
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError as bad:
+            line = data[:bad.start].count(b"\n") + 1
+            print(f"warning: {path.name} line {line} is not {encoding} (byte {data[bad.start]:#04x}); read with "
+                  "replacement characters: save the file as UTF-8", file=sys.stderr)
+            code = compile(data.decode(encoding, errors="replace"), str(path), "exec")
+        else:
+            raise
     previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
