@@ -124,3 +124,16 @@ def test_an_untouched_lesson_py_beside_the_worked_notebook_is_not_the_file_grade
     assert find_submission_file(folder).name == "lesson.ipynb"
     (folder / "lesson.py").write_text(fill_solutions(lesson))  # both done: the .py, as before
     assert find_submission_file(folder).name == "lesson.py"
+
+
+def test_an_error_in_a_notebook_cell_names_the_cell_and_line(lesson, tmp_path):
+    right = fill_solutions(lesson)
+    broken = swap(right, "causal_mask", "return 1 / 0")
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# my notebook"},
+             {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": broken.splitlines(keepends=True)}]
+    nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    results = grade(lesson, tmp_path, json.dumps(nb), name="lesson.ipynb")
+    assert results["99.2"].status == "error"
+    assert "ZeroDivisionError" in results["99.2"].message and "your cell 2, line" in results["99.2"].message
+    assert results["99.1"].status == results["99.3"].status == "pass"

@@ -284,8 +284,8 @@ def _death(proc, log: Path, killed_for_time: bool, learner_file: str) -> tuple[s
         return "timeout", "timeout"  # the caller words it, knowing the limit
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
     code = proc.exitcode
-    lines = re.findall(rf'File "{re.escape(learner_file)}", line (\d+)', tail)
-    where = f" (your line {lines[0]})" if lines else ""
+    lines = re.findall(rf'File "{re.escape(learner_file)}(?: (cell \d+))?", line (\d+)', tail)
+    where = f" (your {lines[0][0] + ', ' if lines[0][0] else ''}line {lines[0][1]})" if lines else ""
     if any(m in tail for m in ("MemoryError", "bad_alloc", "Cannot allocate memory")) or code == -signal.SIGKILL:
         return "memory", f"the process ran out of memory and died{where}"
     if code is not None and code < 0:

@@ -102,11 +102,13 @@ def input_digest(args: dict) -> str:
 
 def learner_line(exc: BaseException, learner_file: str) -> str:
     """'line 12: `return x.softmax(0)`' for the deepest frame in the learner's file, or ''."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == Path(learner_file)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if is_learner_code(f.filename, learner_file) or Path(f.filename).resolve() == Path(learner_file)]
     if not frames:
         return ""
     frame = frames[-1]
-    return f"your line {frame.lineno}: `{(frame.line or '').strip()}`"
+    cell = frame.filename[len(learner_file) + 1:] if frame.filename.startswith(f"{learner_file} cell ") else ""
+    return f"your {cell + ', ' if cell else ''}line {frame.lineno}: `{(frame.line or '').strip()}`"
 
 
 def classify(exc: BaseException, exercise_id: str, learner_file: str) -> tuple[str, str]:

@@ -38,9 +38,29 @@ def is_stub(node: ast.FunctionDef) -> bool:
 
 
 def stubs(path: Path) -> list[str]:
-    """Names of the top-level functions in a file that are still stubs."""
+    """Names of the top-level functions in a file that are still stubs; in a notebook written as a script by
+    notebook_to_script, those of its code cells (the last definition of a name counts, as when the cells run)."""
     _, tree = _parse(path)
-    return [name for name, node in _top_level_functions(tree).items() if is_stub(node)]
+    functions = _top_level_functions(tree)
+    for cell in _notebook_cells(tree):
+        functions.update(_top_level_functions(cell))
+    return [name for name, node in functions.items() if is_stub(node)]
+
+
+def _notebook_cells(tree: ast.Module) -> list[ast.Module]:
+    """The parsed code cells of a script notebook_to_script wrote (its `_run_notebook_cell(globals(), N, source)`
+    lines); a cell that does not parse is left out, as running it defines nothing."""
+    cells = []
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_run_notebook_cell"
+                and len(call.args) == 3 and isinstance(call.args[2], ast.Constant)
+                and isinstance(call.args[2].value, str)):
+            try:
+                cells.append(ast.parse(call.args[2].value))
+            except SyntaxError:
+                pass
+    return cells
 
 
 def _span(node: ast.AST) -> tuple[int, int]:
@@ -181,7 +201,7 @@ def _ipython_line(line: str, block_opened: bool) -> str:
     magic = re.match(r"%(\w+)\s+(?!-)(\S.*)", body)
     if magic and magic.group(1) in PYTHON_LINE_MAGICS:
         return f"{indent}{magic.group(2)}"
-    # a comment is valid at any indentation (IPython accepts an over-indented `!ls`), `pass` only at the block's
+    # a comment fits any indentation (IPython runs an over-indented `!ls`); `pass` fills a block needing a statement
     return f"{indent}pass  # {body}" if block_opened else f"{indent}# {body}"
 
 
