@@ -246,8 +246,7 @@ class GPT(HookedModule):
         if return_type not in ("logits", "loss", "both", None):
             raise UsageError(f"return_type={return_type!r}: choose 'logits', 'loss', 'both' or None")
         if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
-            raise UsageError(f"stop_at_layer={stop_at_layer}: the model has {self.cfg.n_layers} layers, so use "
-                              f"{-self.cfg.n_layers} .. {self.cfg.n_layers} (or None for logits)")
+            raise UsageError(f"stop_at_layer={stop_at_layer}: use {-self.cfg.n_layers} .. {self.cfg.n_layers}")
         tokens = self.check_tokens(tokens)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
@@ -278,9 +277,8 @@ class GPT(HookedModule):
         """tokens as a LongTensor [batch, pos], or one clear error: text is tokenized (BOS first); prompts of
         different lengths are refused, since padding would be read as if it were text."""
         if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or (tokens and isinstance(tokens[0], str))):
-            if isinstance(tokens, list) and len({len(self._tok().encode(t)) for t in tokens}) > 1:
-                lengths = [len(self._tok().encode(t)) + 1 for t in tokens]
-                raise TokenizerError(f"the prompts have different numbers of tokens {lengths}, so a batch of them "
+            if isinstance(tokens, list) and len(lengths := {len(self._tok().encode(t)) + 1 for t in tokens}) > 1:
+                raise TokenizerError(f"the prompts have different numbers of tokens {sorted(lengths)}, so a batch of them "
                                      "is padded and position -1 would read padding: give prompts of one length, "
                                      "run them one at a time, or use model.to_tokens(prompts, return_mask=True) "
                                      "and read each prompt at its own last position")
@@ -313,8 +311,7 @@ class GPT(HookedModule):
     def to_tokens(self, text, prepend_bos: bool = True) -> torch.Tensor:
         tokens = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx)
         unk = getattr(self.tokenizer, "unk_id", None)
-        if unk is not None and bool((tokens == unk).any()):
-            # a compact vocabulary reads words it never saw as one shared <unk>: say so rather than let it pass
+        if unk is not None and bool((tokens == unk).any()):  # a word the compact vocabulary never saw: say so
             warnings.warn(f"{int((tokens == unk).sum())} token(s) of {text!r} are not in this model's "
                           "vocabulary and read as <unk>: model.to_str_tokens(prompt) shows which", stacklevel=2)
         return tokens

@@ -128,8 +128,10 @@ def test_zero_ablating_an_mlp_equals_zeroing_its_output_weights(odd_model):
     expected = metric(zeroed(tokens)) - metric(odd_model(tokens))
     assert result.shape == (2,) and result[0].item() == pytest.approx(expected.item(), abs=1e-5)
     assert_unchanged(odd_model, before)
-    # per-position mean over the batch: with a one-row reference it is that row itself, so nothing changes
-    assert mean_ablate_mlps(odd_model, tokens[:1], metric).abs().max() < 1e-5
+    # the mean over a one-prompt batch is that prompt itself: refused rather than a silent "no effect"
+    with pytest.raises(MinimechError, match="more than one prompt"):
+        mean_ablate_mlps(odd_model, tokens[:1], metric)
+    assert mean_ablate_mlps(odd_model, tokens[:1], metric, reference=tokens).abs().max() > 0
 
 
 def test_ablation_errors():
