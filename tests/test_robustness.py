@@ -139,3 +139,14 @@ def test_positions_outside_the_prompt_are_named(mini):
 def test_a_prompt_with_unknown_words_warns(mini):
     with pytest.warns(UserWarning, match="read as <unk>"):
         mini.to_tokens("Once upon a xylophone quantum time")
+
+
+def test_attribution_patching_needs_a_differentiable_metric_and_ablation_damage_takes_one_head():
+    from minimech.analysis import ablation_damage, attribution_patch_resid
+    model = random_model(ODD)
+    clean, corrupt = random_tokens(ODD, 2, 5), random_tokens(ODD, 2, 5, seed=1)
+    with pytest.raises(MinimechError, match="gradient"):
+        attribution_patch_resid(model, clean, corrupt, lambda logits: logits[:, -1, 0].mean().detach())
+    metric = logit_diff(1, 2)
+    table = ablation_damage(model, {"x": (clean, metric)}, heads=(1, 2), how="zero")
+    assert table.components == ["L1H2"]

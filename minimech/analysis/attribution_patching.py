@@ -42,6 +42,10 @@ def _grads_and_deltas(model, clean, corrupt, metric: Metric, names: list[str]):
             embed_grad = [("hook_embed", lambda act, hook: act.requires_grad_(True))]
             with model.hooks(embed_grad):
                 value = metric(model(corrupt))
+            if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.requires_grad):
+                raise MinimechError("attribution patching needs the metric's gradient: metric(logits) must return "
+                                    "a one-element tensor computed from the logits with torch operations (not "
+                                    ".item(), float() or numpy), e.g. logit_diff(correct, wrong)")
             value.backward()
     finally:
         for p, flag in zip(model.parameters(), was_training):

@@ -139,7 +139,7 @@ def ablation_damage(model, behaviours: dict, heads=(), mlps=(), how: str = "mean
     """
     if how not in ("mean", "zero"):
         raise InterventionError(f"how={how!r}: choose 'mean' or 'zero'")
-    heads = parse_heads(model, list(heads))
+    heads = parse_heads(model, heads) if heads else []  # one head on its own, e.g. (1, 2), works too
     mlps = [int(l) for l in mlps]
     if mlps:
         require_mlps(model, "ablation_damage")
