@@ -279,8 +279,10 @@ def test_find_subject_positions(fact_model):
     with pytest.raises(TracingError, match="Paris"):
         causal_trace(fact_model, "The Tower is", " Paris", "Paris")
     # an out-of-vocabulary subject encodes as the unknown token, which must not match the prompt's unknown tokens
+    with pytest.warns(UserWarning, match="<unk>"):  # to_tokens says so too
+        louvre = fact_model.to_tokens("The Louvre is")
     with pytest.raises(TracingError, match="outside the vocabulary"):
-        find_subject_positions(fact_model, fact_model.to_tokens("The Louvre is"), "Louvre")
+        find_subject_positions(fact_model, louvre, "Louvre")
     assert no_hooks_left(fact_model)
 
 
