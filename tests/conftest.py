@@ -55,3 +55,12 @@ def assert_unchanged(model, before: dict) -> None:
 @pytest.fixture
 def odd_model():
     return random_model(ODD, seed=3)
+
+
+def swap(source: str, function: str, body: str) -> str:
+    """A lesson source with `function`'s body (after the def line) replaced by `body` (for fake submissions)."""
+    lines = source.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {function}("))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "\t")))
+    indented = ["    " + line for line in body.strip("\n").splitlines()]
+    return "\n".join(lines[:start + 1] + indented + [""] + lines[end:]) + "\n"

@@ -23,6 +23,8 @@ from minimech.grading.lessons import load_checks
 from minimech.grading.runner import build_cases
 from minimech.grading.wire import decode, encode, tensors_from_bytes, tensors_to_bytes
 
+from conftest import swap
+
 ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
 POINTS = {"99.1": 2.0, "99.2": 1.0, "99.3": 3.0}
 PARTIAL_SOFTMAX = 2.0 * 4 / 6  # passes the dim=-1 cases (weights 1, 1, 2) of 6, fails dim=0 and dim=1
@@ -31,15 +33,6 @@ PARTIAL_SOFTMAX = 2.0 * 4 / 6  # passes the dim=-1 cases (weights 1, 1, 2) of 6,
 @pytest.fixture(scope="module")
 def lesson():
     return get_lesson("99", ROOT)
-
-
-def swap(source: str, function: str, body: str) -> str:
-    """The lesson source with `function`'s body (after the def line) replaced by `body`."""
-    lines = source.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {function}("))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "\t")))
-    indented = ["    " + line for line in body.strip("\n").splitlines()]
-    return "\n".join(lines[:start + 1] + indented + [""] + lines[end:]) + "\n"
 
 
 LOAD_BY_PATH = """import importlib.util, sys

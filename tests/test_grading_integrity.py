@@ -11,20 +11,14 @@ import pytest
 
 from minimech.grading import fill_solutions, get_lesson, run_checks
 
+from conftest import swap
+
 ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
 
 
 @pytest.fixture(scope="module")
 def lesson():
     return get_lesson("99", ROOT)
-
-
-def swap(source: str, function: str, body: str) -> str:
-    lines = source.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {function}("))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "\t")))
-    indented = ["    " + line for line in body.strip("\n").splitlines()]
-    return "\n".join(lines[:start + 1] + indented + [""] + lines[end:]) + "\n"
 
 
 def grade(lesson, tmp_path, text: str, name: str = "lesson.py"):
@@ -137,3 +131,24 @@ def test_an_error_in_a_notebook_cell_names_the_cell_and_line(lesson, tmp_path):
     assert results["99.2"].status == "error"
     assert "ZeroDivisionError" in results["99.2"].message and "your cell 2, line" in results["99.2"].message
     assert results["99.1"].status == results["99.3"].status == "pass"
+
+
+def test_after_a_call_changes_the_model_the_next_exercise_gets_a_fresh_one(tmp_path):
+    # a copy of the fixture with a second exercise on the same function and model (99.4 after 99.3)
+    root = tmp_path / "lessons"
+    shutil.copytree(ROOT / "99_fixture", root / "99_fixture")
+    checks = root / "99_fixture" / "checks.py"
+    checks.write_text(checks.read_text().replace(
+        "\n]", '\n    Exercise("99.4", "last_logits", "Again", logits_cases, logits_reference, logits_compare),\n]'))
+    settings = json.loads((root / "99_fixture" / "lesson.json").read_text())
+    settings["points"]["99.4"] = 1
+    (root / "99_fixture" / "lesson.json").write_text(json.dumps(settings))
+    lesson = get_lesson("99", root)
+    # the first call zeroes the embedding, later calls are right (a marker file in the grader's working folder
+    # outlives the child process): only 99.3 may lose its marks
+    # The shared model (the lesson's, not the per-case random one) is the one changed: 99.4's inputs hold it too.
+    body = ("import os\nif model.cfg.d_vocab > 11 and not os.path.exists('mutated'):\n"
+            "    open('mutated', 'w').close()\n    model.embed.W_E.data.mul_(0)\nreturn model(tokens)[:, -1]")
+    results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "last_logits", body))
+    assert results["99.3"].status == "model mutated"
+    assert results["99.4"].status == "pass", results["99.4"].message  # a fresh child, a freshly loaded model
