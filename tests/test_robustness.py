@@ -150,3 +150,16 @@ def test_attribution_patching_needs_a_differentiable_metric_and_ablation_damage_
     metric = logit_diff(1, 2)
     table = ablation_damage(model, {"x": (clean, metric)}, heads=(1, 2), how="zero")
     assert table.components == ["L1H2"]
+
+
+def test_rank_one_update_in_half_precision_and_with_a_singular_covariance():
+    from minimech.analysis.interventions import rank_one_update
+    gen = torch.Generator().manual_seed(0)
+    key, delta = torch.randn(6, generator=gen), torch.randn(4, generator=gen)
+    a = torch.randn(6, 6, generator=gen)
+    cov = a @ a.T + torch.eye(6)
+    update = rank_one_update(key.bfloat16(), delta.bfloat16(), cov)
+    assert update.dtype == torch.bfloat16
+    assert torch.allclose((key @ update.float()), delta, atol=0.05)  # k @ dW = delta: the edit's defining identity
+    with pytest.raises(MinimechError, match="cannot be inverted"):
+        rank_one_update(key, delta, torch.zeros(6, 6))

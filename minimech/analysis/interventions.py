@@ -240,8 +240,14 @@ def rank_one_update(key: torch.Tensor, delta: torch.Tensor, cov: torch.Tensor) -
 
     key @ (W_out + Delta W) = key @ W_out + delta exactly; another key k2 gets delta scaled by
     k2^T C^-1 k / k^T C^-1 k, which is small for keys that the covariance C says are unlike k."""
-    c_inv_key = torch.linalg.solve(cov.to(key), key)  # [d_mlp]
-    return torch.outer(c_inv_key, delta.to(key)) / (c_inv_key @ key)
+    # solved in float32 at least: torch has no half-precision solve on CPU, and C is badly conditioned anyway
+    work = torch.promote_types(key.dtype, torch.float32)
+    try:
+        c_inv_key = torch.linalg.solve(cov.to(work), key.to(work))  # [d_mlp]
+    except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
+        raise InterventionError(f"the key covariance C cannot be inverted ({exc}): estimate it from more text, or "
+                                "add a small multiple of the identity to it") from None
+    return (torch.outer(c_inv_key, delta.to(work)) / (c_inv_key @ key.to(work))).to(key.dtype)
 
 
 @dataclass
@@ -413,6 +419,9 @@ def rome_edit(model, prompt: str, subject: str, new_target: str, layer: int | No
     """
     require_mlps(model, "rome_edit")
     tok = model._tok()
+    for name, value in (("prompt", prompt), ("subject", subject), ("new_target", new_target)):
+        if not isinstance(value, str):
+            raise InterventionError(f"rome_edit edits one fact: {name} must be a string, got {type(value).__name__}")
     layer = fact_layer(model, prompt, subject) if layer is None else int(layer)
     if not 0 <= layer < model.cfg.n_layers:
         raise InterventionError(f"layer={layer}: this model has layers 0..{model.cfg.n_layers - 1}")
