@@ -152,3 +152,32 @@ def test_after_a_call_changes_the_model_the_next_exercise_gets_a_fresh_one(tmp_p
     results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "last_logits", body))
     assert results["99.3"].status == "model mutated"
     assert results["99.4"].status == "pass", results["99.4"].message  # a fresh child, a freshly loaded model
+
+
+def test_ctrl_c_during_grade_keeps_the_students_already_graded(lesson, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    right = fill_solutions(lesson)
+    for name, text in (("ann", right), ("bob", swap(right, "causal_mask", "while True:\n    pass"))):
+        (tmp_path / "subs" / name).mkdir(parents=True)
+        (tmp_path / "subs" / name / "lesson.py").write_text(text)
+    env = {**os.environ, "MINIMECH_LESSONS": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "minimech.cli", "grade", "99", str(tmp_path / "subs"),
+                             "--jobs", "2", "--csv", str(tmp_path / "g.csv")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = ""
+    while "ann:" not in seen:  # ann is graded in seconds; bob loops until his 20 s time limit
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 10 and proc.returncode == 130, err
+    assert "interrupted" in err
+    rows = (tmp_path / "g.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("ann,")  # the header and ann: bob was not graded

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from .api import GradingError
+from . import isolation
 from .checking import Oracle, check_options, run_checks
 from .lessons import Lesson, get_lesson, load_checks
 from .report import ExerciseResult, Report, lost_exercise
@@ -30,6 +31,7 @@ class ClassGrades:
     model: str
     reports: dict[str, Report]  # student -> report, in the order of the students' folder names
     seconds: float
+    complete: bool = True  # False: the run was interrupted, and only the students in `reports` were graded
 
 
 def find_submission_file(folder: Path) -> Path:
@@ -118,13 +120,28 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
             report = _lost_report(lesson, None, seed, model, str(folder), load_error)
         else:
             report = grade_one(lesson, folder, exercises, oracle, seed, model, time_limit_s, memory_limit_mb)
+        if isolation.STOP.is_set():  # interrupted while this one ran: its report is not a grade
+            return None
         if on_done:
             on_done(folder.name, report)
         return report
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1)) as pool:
-        reports = dict(zip((f.name for f in folders), pool.map(grade, folders)))
-    return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
+    futures = [(folder.name, pool.submit(grade, folder)) for folder in folders]
+    try:
+        reports = {name: future.result() for name, future in futures}
+        complete = True
+    except KeyboardInterrupt:  # Ctrl-C: keep the students already graded, stop the rest within a second
+        isolation.STOP.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        reports = {name: future.result() for name, future in futures
+                   if future.done() and not future.cancelled() and future.exception() is None
+                   and future.result() is not None}
+        complete = False
+    finally:
+        pool.shutdown(wait=True)
+        isolation.STOP.clear()
+    return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3), complete)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------------------

@@ -201,6 +201,10 @@ def _register_instructor_commands(command, arg, print_table) -> None:
         grades = grade_submissions(lesson, args.submissions, jobs=args.jobs, seed=args.seed, model=args.model,
                                    time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done)
         write_outputs(grades, args.csv, args.gradescope)
+        if not grades.complete:
+            print(f"interrupted: the outputs hold the {len(grades.reports)} submissions graded before Ctrl-C, not the "
+                  "others; run `grade` again for a full set", file=sys.stderr)
+            return 130
         print(f"graded {len(grades.reports)} submissions of lesson {lesson.id} in {grades.seconds:.1f} s "
               f"(seed {grades.seed}, model {grades.model})")
         for path in (args.csv, args.gradescope):

@@ -294,9 +294,22 @@ def _death(proc, log: Path, killed_for_time: bool, learner_file: str) -> tuple[s
     return "exited", f"the process exited with status {code} while running your code (os._exit?){where}"
 
 
+STOP = threading.Event()  # set by a grading run that was interrupted: every child still running is killed
+
+
+class GradingStopped(Exception):
+    """The run was interrupted (STOP) while this learner's file was being graded."""
+
+
 def _next_event(proc, reader, deadline: float) -> tuple[dict | None, bool]:
     """(the child's next event, False), or (None, timed_out) once the child has died or run out of time."""
-    ready = multiprocessing.connection.wait([reader, proc.sentinel], timeout=max(0, deadline - time.monotonic()))
+    while True:  # in slices, so that an interrupted run stops its children within a second
+        left = deadline - time.monotonic()
+        ready = multiprocessing.connection.wait([reader, proc.sentinel], timeout=max(0.0, min(left, 0.5)))
+        if ready or left <= 0.5:
+            break
+        if STOP.is_set():
+            raise GradingStopped("grading was interrupted")
     if not ready:
         return None, True
     if reader in ready or reader.poll(0):  # events sent just before a death are read first
