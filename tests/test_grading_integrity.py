@@ -181,3 +181,10 @@ def test_ctrl_c_during_grade_keeps_the_students_already_graded(lesson, tmp_path)
     assert "interrupted" in err
     rows = (tmp_path / "g.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("ann,")  # the header and ann: bob was not graded
+
+
+def test_multiprocessing_in_a_submission_gets_a_sentence(lesson, tmp_path):
+    body = ("import multiprocessing\np = multiprocessing.Process(target=print)\np.start()\n"
+            "return torch.ones(n, n).tril().bool()")
+    results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "causal_mask", body))
+    assert results["99.2"].status == "error" and "starts processes" in results["99.2"].message

@@ -129,6 +129,9 @@ def classify(exc: BaseException, exercise_id: str, learner_file: str) -> tuple[s
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return "error", (f"your code printed or wrote more than the grader keeps ({FILE_LIMIT_MB} MB): print less, "
                          f"e.g. shapes instead of whole tensors{suffix}")
+    if isinstance(exc, AssertionError) and "daemonic processes" in text:
+        return "error", f"your code starts processes (multiprocessing), which a graded function cannot: compute in " \
+                        f"one process{suffix}"
     if isinstance(exc, SystemExit):
         return "exited", f"called sys.exit({exc.code!r}); return a value instead{suffix}"
     if isinstance(exc, WireError):
