@@ -161,41 +161,50 @@ def _resolve(dotted: str):
     return None
 
 
-@contextmanager
-def library_traps(names, learner_file: str, attempts: list):
-    """While the block runs, calling one of the named library functions *from the learner's code* raises
-    ForbiddenImportError; the library's own uses of them (model internals, other helpers) run as usual.
-
-    Every binding of the function in minimech's modules, torch's and the learner's is swapped, so
-    `from minimech.analysis import x` bound before the call is caught as well as `minimech.analysis.x`."""
+def library_bindings(names, learner_file: str) -> list[tuple[dict, str, object, str]]:
+    """(namespace, attribute, function, dotted name) for every binding of the named library functions in minimech's
+    modules, torch's and the learner's: found once per exercise (a scan of ~1,000 modules takes ~12 ms)."""
     originals = {}  # {id: (dotted name, function)}; classes are left alone (isinstance checks need them)
     for name in names:
         obj = _resolve(name)
         if callable(obj) and not isinstance(obj, type):
             originals[id(obj)] = (name, obj)
-    swapped = []
-    if originals:
-        def make_trap(name, original):
-            def trap(*args, **kwargs):
-                if is_learner_code(sys._getframe(1).f_code.co_filename, learner_file):
-                    attempts.append(name)
-                    raise ForbiddenImportError(f"calls {name}, the library's own version of what this exercise "
-                                               "asks you to write: write it yourself")
-                return original(*args, **kwargs)
-            return trap
+    if not originals:
+        return []
+    found = []
+    for module in list(sys.modules.values()):
+        module_name = getattr(module, "__name__", "") or ""
+        if not (module_name.split(".")[0] in ("minimech", "torch", "learner_lesson")
+                or getattr(module, "__file__", None) == learner_file):
+            continue
+        namespace = getattr(module, "__dict__", {})
+        for attr, value in list(namespace.items()):
+            if id(value) in originals and value is originals[id(value)][1]:
+                found.append((namespace, attr, value, originals[id(value)][0]))
+    return found
 
-        traps = {key: make_trap(name, obj) for key, (name, obj) in originals.items()}
-        for module in list(sys.modules.values()):
-            module_name = getattr(module, "__name__", "") or ""
-            if not (module_name.split(".")[0] in ("minimech", "torch", "learner_lesson")
-                    or getattr(module, "__file__", None) == learner_file):
-                continue
-            namespace = getattr(module, "__dict__", {})
-            for attr, value in list(namespace.items()):
-                if id(value) in traps and value is originals[id(value)][1]:
-                    namespace[attr] = traps[id(value)]
-                    swapped.append((namespace, attr, value))
+
+@contextmanager
+def library_traps(bindings, learner_file: str, attempts: list):
+    """While the block runs, calling one of the bound library functions (library_bindings) *from the learner's code*
+    raises ForbiddenImportError; the library's own uses of them (model internals, other helpers) run as usual.
+    Every binding is swapped, so `from minimech.analysis import x` is caught as well as `minimech.analysis.x`."""
+    def make_trap(name, original):
+        def trap(*args, **kwargs):
+            if is_learner_code(sys._getframe(1).f_code.co_filename, learner_file):
+                attempts.append(name)
+                raise ForbiddenImportError(f"calls {name}, the library's own version of what this exercise "
+                                           "asks you to write: write it yourself")
+            return original(*args, **kwargs)
+        return trap
+
+    traps = {id(value): make_trap(name, value) for _, _, value, name in bindings}
+    swapped = []
     try:
+        for namespace, attr, value, _ in bindings:
+            if namespace.get(attr) is value:  # still bound as found (the learner's code may have rebound it)
+                namespace[attr] = traps[id(value)]
+                swapped.append((namespace, attr, value))
         yield
     finally:
         for namespace, attr, value in swapped:
@@ -244,7 +253,7 @@ def build_cases(exercise: Exercise, seed: int, model_name: str) -> list[Case]:
 
 
 def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_attempts: list,
-              prints: dict[int, dict], library=()) -> tuple[str, str, object]:
+              prints: dict[int, dict], library_bound=()) -> tuple[str, str, object]:
     """(status, message, output) of one call; status "ok" means it returned (right or wrong is decided elsewhere).
     prints {id(model): fingerprint} carries each model's fingerprint from one call to the next."""
     models = _models_in(case.args)
@@ -254,7 +263,7 @@ def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_att
     attempts = len(forbidden_attempts)
     status, message, output = "ok", "", None
     try:
-        with lesson_conditions(), library_traps(library, learner_file, forbidden_attempts):
+        with lesson_conditions(), library_traps(library_bound, learner_file, forbidden_attempts):
             output = call_with(fn, case.args)
     except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt: a learner's call must not end the run
         status, message = classify(exc, exercise_id, learner_file)
@@ -292,11 +301,11 @@ def run_exercise(module, exercise: Exercise, seed: int, model_name: str, learner
             record["setup_error"] = f"grader error: building the inputs failed: {type(exc).__name__}: {exc}"
             return record, tensors
     prints: dict[int, dict] = {}
+    bound = library_bindings(getattr(exercise, "library", ()), learner_file)
     for index, case in enumerate(cases):
         digest = input_digest(case.args)
         torch.manual_seed(seed + index)
-        status, message, output = call_case(fn, case, exercise.id, learner_file, forbidden_attempts, prints,
-                                            getattr(exercise, "library", ()))
+        status, message, output = call_case(fn, case, exercise.id, learner_file, forbidden_attempts, prints, bound)
         structure = None
         if status == "ok":
             try:
