@@ -277,12 +277,12 @@ class GPT(HookedModule):
         """tokens as a LongTensor [batch, pos], or one clear error: text is tokenized (BOS first); prompts of
         different lengths are refused, since padding would be read as if it were text."""
         if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or (tokens and isinstance(tokens[0], str))):
-            if isinstance(tokens, list) and len(lengths := {len(self._tok().encode(t)) + 1 for t in tokens}) > 1:
-                raise TokenizerError(f"the prompts have different numbers of tokens {sorted(lengths)}, so a batch of them "
-                                     "is padded and position -1 would read padding: give prompts of one length, "
-                                     "run them one at a time, or use model.to_tokens(prompts, return_mask=True) "
-                                     "and read each prompt at its own last position")
-            tokens = self.to_tokens(tokens)
+            tokens, mask = self.to_tokens(tokens, return_mask=True)
+            if not bool(mask.all()):
+                raise TokenizerError(f"the prompts have different numbers of tokens {mask.sum(1).tolist()}, so a "
+                                     "batch of them is padded and position -1 would read padding: give prompts of "
+                                     "one length, run them one at a time, or use model.to_tokens(prompts, "
+                                     "return_mask=True) and read each prompt at its own last position")
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
             raise TokenTypeError(f"tokens must be an integer tensor [batch, pos] or a string, got "
                                  f"{type(tokens).__name__}"
@@ -308,13 +308,13 @@ class GPT(HookedModule):
             raise MinimechError("this model has no tokenizer: pass token ids, or build it with a Tokenizer")
         return self.tokenizer
 
-    def to_tokens(self, text, prepend_bos: bool = True) -> torch.Tensor:
-        tokens = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx)
+    def to_tokens(self, text, prepend_bos: bool = True, return_mask: bool = False):
+        tokens, mask = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx, return_mask=True)
         unk = getattr(self.tokenizer, "unk_id", None)
         if unk is not None and bool((tokens == unk).any()):  # a word the compact vocabulary never saw: say so
             warnings.warn(f"{int((tokens == unk).sum())} token(s) of {text!r} are not in this model's "
                           "vocabulary and read as <unk>: model.to_str_tokens(prompt) shows which", stacklevel=2)
-        return tokens
+        return (tokens, mask) if return_mask else tokens
 
     def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
         return self._tok().to_str_tokens(x, prepend_bos=prepend_bos)
