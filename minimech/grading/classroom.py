@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +129,9 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
     pool = ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
     futures = [(folder.name, pool.submit(grade, folder)) for folder in folders]
     try:
+        pending = {future for _, future in futures}
+        while pending:  # in slices: Linux may deliver Ctrl-C's SIGINT to a worker thread, and a main thread blocked
+            _, pending = wait(pending, timeout=0.2)  # in one long lock wait would not see it until the end
         reports = {name: future.result() for name, future in futures}
         complete = True
     except KeyboardInterrupt:  # Ctrl-C: keep the students already graded, stop the rest within a second
