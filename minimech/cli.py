@@ -195,7 +195,7 @@ def cmd_fetch(args) -> int:
 
 @command("train", "train one of minimech's shipped models from scratch with its recipe",
          arg("recipe", help="the recipe, e.g. attn-only-2l (see minimech/training/recipes.py)"),
-         arg("--steps", type=int, default=None, help="override the recipe's number of steps"),
+         arg("--steps", type=int, default=None, help="run the recipe's first N steps (its lr schedule unchanged)"),
          arg("--seed", type=int, default=0, help="seed for data and initialisation (default 0)"),
          arg("--out", default=None, metavar="DIR", help="where to save (default ./minimech-out/models/RECIPE)"),
          arg("--threads", type=int, default=None, help="torch threads (default: torch's choice)"))

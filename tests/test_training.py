@@ -1,6 +1,7 @@
 """The training loop and recipes: deterministic, the loss falls, the card records what a reader needs, and the
 saved model loads back. (The full recipes take minutes; weights/README.md gives their figures and wall times.)"""
 
+import dataclasses
 import json
 import math
 
@@ -26,6 +27,80 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert s.lr_at(550) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert s.lr_at(999) == pytest.approx(1e-4, rel=1e-3)
     assert all(s.lr_at(i) >= s.lr_at(i + 1) for i in range(100, 999))
+
+
+def test_fewer_steps_than_the_recipe_run_its_first_steps_on_the_same_lr_schedule():
+    full = TrainSettings(steps=1000, lr=1e-3, warmup=100, min_lr_ratio=0.1)
+    first = TrainSettings(steps=150, lr=1e-3, warmup=100, min_lr_ratio=0.1, schedule_steps=1000)
+    assert [first.lr_at(i) for i in range(150)] == [full.lr_at(i) for i in range(150)]
+    assert first.lr_at(149) > 0.99e-3  # a compressed schedule would have decayed to the floor by now
+
+
+def test_cut_rows_keeps_the_running_text_behind_a_bos_per_piece():
+    from minimech.training.recipes import cut_rows
+
+    rows = torch.arange(2 * 9).reshape(2, 9)
+    rows[:, 0] = -1  # the BOS
+    short = cut_rows(rows, 4, bos_id=-1)  # 8 tokens of text per row: two pieces of 3, two tokens dropped
+    assert short.tolist() == [[-1, 1, 2, 3], [-1, 4, 5, 6], [-1, 10, 11, 12], [-1, 13, 14, 15]]
+    assert cut_rows(rows, 9, bos_id=-1) is rows
+
+
+def test_fresh_targets_mask_drops_exactly_the_unpredictable_targets():
+    from minimech.training.corpus import induction_rows
+    from minimech.training.recipes import fresh_targets_mask
+
+    rows, spans = induction_rows(200, 40, torch.arange(10, 500), seed=0, bos_id=1, return_spans=True)
+    mask = fresh_targets_mask(spans, 40)  # [row, target]: target t is token t + 1
+    assert mask.shape == (200, 39)
+    for r in range(200):
+        # Ground truth from the rows themselves: with random filler a token is predictable from the past exactly
+        # when the token before it and it both appeared, in that order, earlier in the row (a copy after its
+        # first token). Random filler can repeat a pair by chance; the copies are the only systematic source.
+        seen, predictable = set(), []
+        for t in range(1, 40):
+            predictable.append((int(rows[r, t - 1]), int(rows[r, t])) in seen)
+            seen.add((int(rows[r, t - 1]), int(rows[r, t])))
+        copy_tail = {c + k for _, n, c in spans[r] for k in range(1, n)}
+        fresh = {s + k for s, n, _ in spans[r] for k in range(n)} | {c for _, _, c in spans[r]}
+        assert all(predictable[t - 1] for t in copy_tail)  # the copies' tails are kept ...
+        assert all(mask[r, t - 1] for t in copy_tail)
+        assert not any(mask[r, t - 1] for t in fresh)  # ... the fresh tokens and each copy's first token are not
+        assert int((~mask[r]).sum()) == len(fresh)
+
+
+def test_training_phases_run_short_rows_first_and_the_loss_counts_only_kept_targets():
+    import copy
+
+    from minimech.config import GPTConfig
+    from minimech.training.train import Phase, train
+
+    cfg = GPTConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=16, d_vocab=30, attn_only=True)
+    model = minimech.GPT(cfg, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    short, long = torch.randint(0, 30, (4, 8), generator=gen), torch.randint(0, 30, (4, 16), generator=gen)
+    targets = torch.rand(4, 7, generator=gen) < 0.5
+    widths = []
+    model.register_forward_pre_hook(lambda mod, args: widths.append(args[0].shape[1]) if mod.training else None)
+    at_init = copy.deepcopy(model)
+    log = train(model, [Phase(short, targets, until=3), Phase(long)],
+                TrainSettings(steps=5, batch_size=4, eval_every=1), progress=False)
+    assert widths == [8, 8, 8, 16, 16]
+    per_token = at_init.loss(at_init(short), short, per_token=True)  # the batch is every row: order is irrelevant
+    assert log.history[0]["loss"] == pytest.approx(per_token[targets].mean().item(), rel=1e-5)
+    assert log.history[0]["loss"] != pytest.approx(per_token.mean().item(), rel=1e-3)
+    with pytest.raises(ValueError, match="until"):
+        train(model, [Phase(short), Phase(long)], TrainSettings(steps=2, batch_size=4), progress=False)
+
+
+def test_train_attn_only_2l_for_a_few_thousand_steps_forms_an_induction_head(tmp_path):
+    """The issue's check: `minimech train attn-only-2l --steps SMALL` shows the phase change. ~1.5 minutes on 2
+    cores (weights/README.md gives the timings); the recipe's first 2,000 steps, seed 0."""
+    assert main(["train", "attn-only-2l", "--steps", "2000", "--out", str(tmp_path / "m")]) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    first, last = card["history"][0], card["history"][-1]
+    assert first["induction_best"] < 0.1 and first["icl_loss_ratio"] > 0.9  # before: no induction head
+    assert last["induction_best"] > 0.5 and last["icl_loss_ratio"] < 0.5  # after: one, and it pays
 
 
 def test_short_run_learns_and_card_records_it(short_run):
@@ -57,13 +132,22 @@ def test_saved_card_loads_back(short_run, tmp_path):
 
 
 def test_build_data_rows_start_with_bos_and_use_the_compact_vocab():
-    data, tokenizer, corpus = build_data(get("attn-only-2l"), seed=0)
-    assert data.shape[1] == get("attn-only-2l").config["n_ctx"]
-    assert (data[:, 0] == tokenizer.bos_id).all()
+    from minimech.training.recipes import build_phases
+
+    r = get("attn-only-2l")
+    phases, tokenizer, corpus = build_phases(r, seed=0)
+    assert [p.rows.shape[1] for p in phases] == [r.short_rows[0], r.config["n_ctx"]]
+    assert [p.until for p in phases] == [r.short_rows[1], None]
+    assert phases[0].targets.shape == (len(phases[0].rows), r.short_rows[0] - 1)  # fresh tokens out of the loss ...
+    assert r.mask_fresh == "short" and phases[1].targets is None  # ... while the rows are short
+    data = phases[-1].rows
+    assert (data[:, 0] == tokenizer.bos_id).all() and (phases[0].rows[:, 0] == tokenizer.bos_id).all()
     assert int(data.max()) < tokenizer.n_vocab and not (data == tokenizer.unk_id).any()
     held = torch.tensor([tokenizer.to_single_token(" " + n.strip()) for n in corpus.names_heldout])
     # No IOI sentence uses a held-out name (tests/test_corpus.py); the stories and the chunks of random tokens do.
     assert torch.isin(data, held).any()
+    small = dataclasses.replace(r, documents=300)  # build_data: the full-length rows alone, without the mask
+    assert torch.equal(build_data(small, seed=0)[0], build_phases(small, seed=0)[0][-1].rows)
 
 
 def test_unknown_recipe_and_bad_steps_are_one_line_errors(capsys):

@@ -25,7 +25,7 @@ from ..tokenizer import Tokenizer, load_encoding
 from .corpus import Corpus, build_vocab, induction_rows, pack_documents
 from .evaluate import fact_metrics, induction_metrics, ioi_metrics
 from .report import mechanism_report
-from .train import TrainLog, TrainSettings, train
+from .train import Phase, TrainLog, TrainSettings, train
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,13 @@ class Recipe:
     induction: dict = field(default_factory=dict)  # chunk_len, n_chunks, gap for induction_rows
     metrics: tuple = ("induction",)  # which phenomenon metrics to log: induction, ioi, facts
     random_names: float = 0.0  # fraction of IOI documents whose names become random tokens (see build_data)
+    # Speed-ups of the phase change (see build_phases): train on rows this many tokens long for the first `steps`
+    # steps, then on full rows; leave the unpredictable targets (fresh random chunk tokens) out of the loss; and
+    # initialise attention weights with this std instead of GPT-2's 0.02 (tuned for d_model 768).
+    short_rows: tuple | None = None  # (row_len, steps)
+    mask_fresh: str | None = None  # "short": in the short-row phase only; "all": in every phase
+    attn_init_std: float | None = None
+    pos_init_std: float | None = None  # and position embeddings with this std (see fresh_model)
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -55,13 +62,19 @@ recipe(Recipe(
     description="2 layers, attention only: induction heads from short chunks of random tokens, each copied once "
                 "at a random gap, written into rows of simple English",
     config=dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64, attn_only=True),  # 2 heads: induction is not split
-    settings=TrainSettings(steps=45000, batch_size=8, lr=2e-3, min_lr_ratio=0.2, warmup=100, eval_every=500,
-                           weight_decay=0.01),
+    settings=TrainSettings(steps=12000, batch_size=32, lr=5e-3, min_lr_ratio=0.2, warmup=100, eval_every=250,
+                           weight_decay=0.01, tie_embeddings=True),
     documents=40_000,
     mix={"ioi": 0.3, "facts": 0.2, "narrative": 0.5},
     induction_rows=-1,  # -1: write the chunks into every row of packed English (no separate random rows)
-    induction=dict(chunk_len=(4, 12), n_chunks=(2, 4), gap=(0, 20)),
+    induction=dict(chunk_len=(4, 10), n_chunks=(1, 1), gap=(0, 6)),
     metrics=("induction",),
+    # The phase change comes ~15x sooner than with full rows, GPT-2's init and every target in the loss (22 000
+    # steps of 8 rows before; measured in the card's history): see build_phases.
+    short_rows=(32, 4000),
+    mask_fresh="short",  # full rows train every target, so the model still hedges on random tokens
+    attn_init_std=0.125,  # 1/sqrt(d_model)
+    pos_init_std=0.06,
 ))
 
 recipe(Recipe(
@@ -94,26 +107,90 @@ def build_data(r: Recipe, seed: int) -> tuple[torch.Tensor, Tokenizer, Corpus]:
     vocabulary, held-out names included) are written and copied once at a random gap.
     induction_rows=-1 writes the chunks into every row of the packed documents instead.
     """
+    phases, tokenizer, corpus = build_phases(replace(r, short_rows=None, mask_fresh=None), seed)
+    return phases[0].rows, tokenizer, corpus
+
+
+def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
+    """The training data as phases: with r.short_rows = (row_len, steps), rows of row_len tokens for the first
+    `steps` steps, then rows of n_ctx tokens; else one phase of n_ctx rows. The documents are generated once and
+    packed into rows of n_ctx tokens; the short phase cuts those rows into pieces (cut_rows).
+
+    Why short rows first: an induction head needs a previous-token head in layer 0 and a head in layer 1 that
+    matches on what it wrote; neither pays without the other, and with uniform attention over L positions each is
+    rewarded ~1/L of the time, so the plateau before the phase change grows roughly as L^2 (Musat et al. 2025,
+    "On the emergence of induction heads for in-context learning"). Once the circuit exists, it carries over to
+    positions the short rows never reached within a few hundred steps of full rows.
+
+    With r.mask_fresh ("short": the short phase; "all": every phase), a phase carries `targets`: False where the
+    next token is a fresh random chunk token (or a copy's first token, which follows a random gap), so the loss
+    counts only targets that can be predicted. The fresh tokens are noise by construction; their gradients slow the
+    phase change ~2x. Full rows train every target, so the model also learns to hedge on random tokens (masked
+    throughout, attn-only-2l paid 12.4 nats per random token, far above a uniform guess's ln(1378) = 7.2).
+    """
     corpus = Corpus(seed=0)  # the held-out split is fixed across seeds: the shipped evaluations depend on it
     tokenizer = Tokenizer(build_vocab(corpus.vocab_texts(), load_encoding()))
-    n_ctx, parts = r.config["n_ctx"], []
+    documents = {}
 
-    def packed(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:
-        pairs = corpus.generate(n_docs, seed=doc_seed, mix=mix)
-        docs = [tokenizer.encode(doc) for doc, _ in pairs]
-        if r.random_names:
-            docs = randomise_names(docs, [m["kind"] for _, m in pairs], corpus, tokenizer, r.random_names, doc_seed)
-        return pack_documents(docs, n_ctx, tokenizer.eot_id)
+    def docs(n_docs: int, mix: dict, doc_seed: int) -> list[list[int]]:
+        if doc_seed not in documents:
+            pairs = corpus.generate(n_docs, seed=doc_seed, mix=mix)
+            out = [tokenizer.encode(doc) for doc, _ in pairs]
+            if r.random_names:
+                kinds = [m["kind"] for _, m in pairs]
+                out = randomise_names(out, kinds, corpus, tokenizer, r.random_names, doc_seed)
+            documents[doc_seed] = out
+        return documents[doc_seed]
 
-    rows = packed(r.documents, r.mix, seed) if r.documents else None
-    if r.induction_rows == -1:
-        return with_chunks(rows, tokenizer, seed, r.induction), tokenizer, corpus
-    if rows is not None:
-        parts.append(rows)
-    if r.induction_rows:
-        filler = packed(r.induction_rows * 2, {"narrative": 1.0}, seed + 10_000)[: r.induction_rows]
-        parts.append(with_chunks(filler, tokenizer, seed + 1, r.induction))
-    return torch.cat(parts), tokenizer, corpus
+    def phase(row_len: int, until: int | None, chunk_seed: int) -> Phase:
+        def pack(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:  # rows of n_ctx, cut into row_len pieces
+            return cut_rows(pack_documents(docs(n_docs, mix, doc_seed), r.config["n_ctx"], tokenizer.eot_id),
+                            row_len, tokenizer.bos_id)
+
+        rows = pack(r.documents, r.mix, seed) if r.documents else None
+        parts = []
+        if r.induction_rows == -1:
+            parts.append(with_chunks(rows, tokenizer, chunk_seed, r.induction))
+        else:
+            if rows is not None:
+                parts.append((rows, [[] for _ in range(len(rows))]))
+            if r.induction_rows:
+                filler = pack(r.induction_rows * 2, {"narrative": 1.0}, seed + 10_000)[: r.induction_rows]
+                parts.append(with_chunks(filler, tokenizer, chunk_seed + 1, r.induction))
+        rows = torch.cat([p[0] for p in parts])
+        spans = [s for p in parts for s in p[1]]
+        masked = r.mask_fresh == "all" or (r.mask_fresh == "short" and until is not None)
+        return Phase(rows, fresh_targets_mask(spans, row_len) if masked else None, until)
+
+    phases = []
+    if r.short_rows:
+        row_len, steps = r.short_rows
+        phases.append(phase(row_len, steps, seed + 20_000))
+    phases.append(phase(r.config["n_ctx"], None, seed))
+    return phases, tokenizer, corpus
+
+
+def cut_rows(rows: torch.Tensor, row_len: int, bos_id: int) -> torch.Tensor:
+    """Rows [n, n_ctx] (BOS first) cut into rows [n * k, row_len]: each row's text after its BOS in pieces of
+    row_len - 1 tokens, each after a BOS; a last piece that does not fill a row is dropped. Packed text is cut, not
+    packed again at row_len, so the short rows hold the same running text, not only the beginnings of documents."""
+    if row_len == rows.shape[1]:
+        return rows
+    body, width = rows[:, 1:], row_len - 1
+    k = body.shape[1] // width
+    pieces = body[:, : k * width].reshape(-1, width)  # [n * k, row_len - 1]
+    return torch.cat([torch.full((len(pieces), 1), bos_id, dtype=rows.dtype), pieces], dim=1)
+
+
+def fresh_targets_mask(spans: list[list[tuple]], row_len: int) -> torch.Tensor:
+    """[n_rows, row_len - 1] bool, for the loss's targets (tokens 1..): False where the token is a fresh random
+    chunk token or the first token of its copy (which follows a random gap), True elsewhere."""
+    mask = torch.ones(len(spans), row_len, dtype=torch.bool)
+    for r, row in enumerate(spans):
+        for start, length, copy in row:
+            mask[r, start: start + length] = False
+            mask[r, copy] = False
+    return mask[:, 1:]
 
 
 def randomise_names(docs: list[list[int]], kinds: list[str], corpus: Corpus, tokenizer: Tokenizer,
@@ -139,9 +216,10 @@ def randomise_names(docs: list[list[int]], kinds: list[str], corpus: Corpus, tok
     return out
 
 
-def with_chunks(filler: torch.Tensor, tokenizer: Tokenizer, seed: int, induction: dict) -> torch.Tensor:
+def with_chunks(filler: torch.Tensor, tokenizer: Tokenizer, seed: int, induction: dict):
+    """(rows with the chunks written in, each row's [(start, length, copy_start)])."""
     return induction_rows(len(filler), filler.shape[1], token_pool(tokenizer), seed=seed, bos_id=tokenizer.bos_id,
-                          filler=filler, **induction)
+                          filler=filler, return_spans=True, **induction)
 
 
 def token_pool(tokenizer: Tokenizer) -> torch.Tensor:
@@ -169,6 +247,37 @@ def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
     return metrics
 
 
+def fresh_model(r: Recipe, tokenizer: Tokenizer, seed: int) -> GPT:
+    """The recipe's model at initialisation: GPT-2's init, except attention weights at r.attn_init_std and the
+    position embeddings at r.pos_init_std, where set.
+
+    Why: GPT-2's N(0, 0.02) was chosen for d_model 768, where it is ~0.55/sqrt(d_model); at d_model 64 it makes
+    every attention product (QK, OV, and the two-head chains of an induction circuit) ~3.5x smaller per factor,
+    which lengthens the plateau before the phase change. Larger position embeddings favour the classic circuit:
+    with 0.02, half of attn-only-2l's seeds built induction without a previous-token head instead (a layer-0
+    duplicate-token head and a positional shift in layer 1: Q-composition), which fails past the short rows."""
+    model = GPT(GPTConfig(**r.config, d_vocab=tokenizer.n_vocab), tokenizer=tokenizer, seed=seed)
+    if r.attn_init_std:
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for block in model.blocks:
+                for w in (block.attn.W_Q, block.attn.W_K, block.attn.W_V, block.attn.W_O):
+                    w.normal_(0, r.attn_init_std, generator=gen)
+    if r.pos_init_std:
+        with torch.no_grad():
+            model.pos_embed.W_pos.normal_(0, r.pos_init_std, generator=torch.Generator().manual_seed(seed + 2))
+    return model
+
+
+def tokens_seen(phases: list[Phase], settings: TrainSettings) -> int:
+    seen, begin = 0, 0
+    for p in phases:
+        end = settings.steps if p.until is None else min(p.until, settings.steps)
+        seen += max(0, end - begin) * settings.batch_size * p.rows.shape[1]
+        begin = max(begin, end)
+    return seen
+
+
 def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
                  threads: int | None = None, **overrides) -> tuple[GPT, dict]:
     """Train a recipe from scratch; returns the model and its card (without sha256, which save() adds).
@@ -177,18 +286,24 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
     r = get(name)
     if threads:
         torch.set_num_threads(threads)
+    # Fewer steps than the recipe's run the recipe's first steps (same lr schedule), not a compressed recipe.
     settings = replace(r.settings, seed=seed, **({"steps": steps} if steps else {}), **overrides)
-    data, tokenizer, corpus = build_data(r, seed)
-    cfg = GPTConfig(**r.config, d_vocab=tokenizer.n_vocab)
-    model = GPT(cfg, tokenizer=tokenizer, seed=seed)
-    log: TrainLog = train(model, data, settings, evaluator(r, corpus, tokenizer), progress=progress)
+    if settings.steps < r.settings.steps and "schedule_steps" not in overrides:
+        settings = replace(settings, schedule_steps=r.settings.steps)
+    phases, tokenizer, corpus = build_phases(r, seed)
+    model = fresh_model(r, tokenizer, seed)
+    log: TrainLog = train(model, phases, settings, evaluator(r, corpus, tokenizer), progress=progress)
+    cfg = model.cfg
     card = {
         "name": r.name, "description": r.description,
         "recipe": {"name": r.name, "seed": seed, "settings": asdict(settings), "documents": r.documents,
                    "mix": r.mix, "random_names": r.random_names, "induction_rows": r.induction_rows,
-                   "induction": {k: list(v) for k, v in r.induction.items()}, "rows": len(data)},
+                   "induction": {k: list(v) for k, v in r.induction.items()},
+                   "rows": [len(p.rows) for p in phases], "row_lengths": [p.rows.shape[1] for p in phases],
+                   "short_rows": list(r.short_rows) if r.short_rows else None, "mask_fresh": r.mask_fresh,
+                   "attn_init_std": r.attn_init_std, "pos_init_std": r.pos_init_std},
         "corpus": corpus.describe(),
-        "training": {"steps": settings.steps, "tokens_seen": settings.steps * settings.batch_size * cfg.n_ctx,
+        "training": {"steps": settings.steps, "tokens_seen": tokens_seen(phases, settings),
                      "wall_time_s": round(log.wall_time_s, 1), "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "python": platform.python_version(),
                      "date": time.strftime("%Y-%m-%d")},

@@ -31,12 +31,23 @@ class TrainSettings:
     eval_every: int = 100
     seed: int = 0
     tie_embeddings: bool = False  # train with W_U = W_E^T, as GPT-2 was trained (see tied())
+    schedule_steps: int | None = None  # the steps the lr schedule spans (default: steps); more than steps runs the
+    # first `steps` steps of a longer run, as `minimech train RECIPE --steps N` does
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        total = max(self.steps, self.schedule_steps or 0)
+        progress = min(1.0, (step - self.warmup) / max(1, total - self.warmup))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class Phase:
+    """Rows to train on until step `until` (None: to the end), and which next-token targets count in the loss."""
+    rows: torch.Tensor  # [n_rows, row_len] token ids, each row starting with BOS
+    targets: torch.Tensor | None = None  # [n_rows, row_len - 1] bool: targets in the loss (None: all of them)
+    until: int | None = None
 
 
 @dataclass
@@ -81,28 +92,47 @@ def tied(model: GPT, enabled: bool = True):
         parametrize.remove_parametrizations(model.unembed, "W_U", leave_parametrized=True)
 
 
-def train(model: GPT, data: torch.Tensor, settings: TrainSettings,
+def train(model: GPT, data: torch.Tensor | list[Phase], settings: TrainSettings,
           evaluate: Callable[[GPT], dict] | None = None, progress: bool = True) -> TrainLog:
-    """Train `model` in place on rows of `data` [n_rows, n_ctx], sampled without replacement epoch by epoch."""
+    """Train `model` in place on rows of `data` [n_rows, n_ctx] (or on phases of rows, one after another), sampled
+    without replacement epoch by epoch."""
+    phases = [Phase(data)] if isinstance(data, torch.Tensor) else list(data)
+    if not phases or any(p.until is None for p in phases[:-1]):
+        raise ValueError("phases: give at least one, and an `until` step to every phase but the last")
     with tied(model, settings.tie_embeddings):
-        return _train(model, data, settings, evaluate, progress)
+        return _train(model, phases, settings, evaluate, progress)
 
 
-def _train(model: GPT, data: torch.Tensor, settings: TrainSettings, evaluate, progress: bool) -> TrainLog:
+class _Sampler:
+    """Batches of one phase's rows, without replacement epoch by epoch."""
+
+    def __init__(self, phase: Phase, batch_size: int, gen: torch.Generator):
+        self.phase, self.batch_size, self.gen = phase, batch_size, gen
+        self.order, self.cursor = torch.randperm(len(phase.rows), generator=gen), 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cursor + self.batch_size > len(self.order):
+            self.order, self.cursor = torch.randperm(len(self.phase.rows), generator=self.gen), 0
+        idx = self.order[self.cursor: self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        targets = self.phase.targets
+        return self.phase.rows[idx], (None if targets is None else targets[idx])
+
+
+def _train(model: GPT, phases: list[Phase], settings: TrainSettings, evaluate, progress: bool) -> TrainLog:
     gen = torch.Generator().manual_seed(settings.seed)
     opt = optimizer_for(model, settings)
-    log, start = TrainLog(), time.perf_counter()
-    order, cursor, recent = torch.randperm(len(data), generator=gen), 0, []
+    log, start, recent = TrainLog(), time.perf_counter(), []
+    samplers = [_Sampler(phase, settings.batch_size, gen) for phase in phases]
     bar = tqdm(range(settings.steps), desc="training", disable=not progress, unit="step")
     for step in bar:
-        if cursor + settings.batch_size > len(order):
-            order, cursor = torch.randperm(len(data), generator=gen), 0
-        batch = data[order[cursor: cursor + settings.batch_size]]
-        cursor += settings.batch_size
+        current = next(i for i, p in enumerate(phases) if p.until is None or step < p.until)
+        batch, targets = samplers[current].next()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
         model.train()
-        loss = model(batch, return_type="loss")
+        per_token = model.loss(model(batch), batch, per_token=True)  # [batch, pos - 1]
+        loss = per_token.mean() if targets is None else per_token[targets].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
