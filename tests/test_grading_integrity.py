@@ -166,17 +166,22 @@ def test_ctrl_c_during_grade_keeps_the_students_already_graded(lesson, tmp_path)
         (tmp_path / "subs" / name).mkdir(parents=True)
         (tmp_path / "subs" / name / "lesson.py").write_text(text)
     env = {**os.environ, "MINIMECH_LESSONS": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "minimech.cli", "grade", "99", str(tmp_path / "subs"),
-                             "--jobs", "2", "--csv", str(tmp_path / "g.csv")], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "minimech.cli", "grade", "99", str(tmp_path / "subs"), "--jobs", "2",
+               "--csv", str(tmp_path / "g.csv"), "--time-limit", "120"]  # bob cannot finish before the Ctrl-C
+    proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # so that a failed test can kill the grader and its children
     seen = ""
-    while "ann:" not in seen:  # ann is graded in seconds; bob loops until his 20 s time limit
+    while "ann:" not in seen:  # ann is graded in seconds; bob loops until his 120 s time limit
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
         seen += line
     proc.send_signal(signal.SIGINT)
     start = time.monotonic()
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert time.monotonic() - start < 10 and proc.returncode == 130, err
     assert "interrupted" in err
     rows = (tmp_path / "g.csv").read_text().splitlines()

@@ -144,7 +144,7 @@ def test_card_recipe_is_the_recipe_in_the_code(name):
     rec = card["recipe"]
     # A settings field added after a card was written took its default when that model was trained.
     assert {**asdict(TrainSettings()), **rec["settings"]} == {**asdict(r.settings), "seed": rec["seed"]}
-    assert (rec.get("short_rows"), rec.get("mask_fresh"), rec.get("attn_init_std"), rec.get("pos_init_std")) == (
+    assert (rec.get("short_rows"), rec.get("mask_fresh", False), rec.get("attn_init_std"), rec.get("pos_init_std")) == (
         list(r.short_rows) if r.short_rows else None, r.mask_fresh, r.attn_init_std, r.pos_init_std)
     assert (rec["documents"], rec["mix"], rec["random_names"], rec["induction_rows"]) == (
         r.documents, r.mix, r.random_names, r.induction_rows)

@@ -138,8 +138,7 @@ def test_build_data_rows_start_with_bos_and_use_the_compact_vocab():
     phases, tokenizer, corpus = build_phases(r, seed=0)
     assert [p.rows.shape[1] for p in phases] == [r.short_rows[0], r.config["n_ctx"]]
     assert [p.until for p in phases] == [r.short_rows[1], None]
-    assert phases[0].targets.shape == (len(phases[0].rows), r.short_rows[0] - 1)  # fresh tokens out of the loss ...
-    assert r.mask_fresh == "short" and phases[1].targets is None  # ... while the rows are short
+    assert all(p.targets.shape == (len(p.rows), p.rows.shape[1] - 1) for p in phases)  # fresh tokens left out
     data = phases[-1].rows
     assert (data[:, 0] == tokenizer.bos_id).all() and (phases[0].rows[:, 0] == tokenizer.bos_id).all()
     assert int(data.max()) < tokenizer.n_vocab and not (data == tokenizer.unk_id).any()
