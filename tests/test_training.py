@@ -91,6 +91,10 @@ def test_training_phases_run_short_rows_first_and_the_loss_counts_only_kept_targ
     assert log.history[0]["loss"] != pytest.approx(per_token.mean().item(), rel=1e-3)
     with pytest.raises(ValueError, match="until"):
         train(model, [Phase(short), Phase(long)], TrainSettings(steps=2, batch_size=4), progress=False)
+    none_kept = train(model, [Phase(short, torch.zeros_like(targets))], TrainSettings(steps=2, batch_size=4,
+                                                                                     eval_every=1), progress=False)
+    assert [row["loss"] for row in none_kept.history] == [0.0, 0.0]  # not NaN: the weights stay finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_train_attn_only_2l_for_a_few_thousand_steps_forms_an_induction_head(tmp_path):

@@ -132,7 +132,7 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
     """
     corpus = Corpus(seed=0)  # the held-out split is fixed across seeds: the shipped evaluations depend on it
     tokenizer = Tokenizer(build_vocab(corpus.vocab_texts(), load_encoding()))
-    documents = {}
+    documents, packed = {}, {}
 
     def docs(n_docs: int, mix: dict, doc_seed: int) -> list[list[int]]:
         if doc_seed not in documents:
@@ -146,8 +146,9 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
 
     def phase(row_len: int, until: int | None, chunk_seed: int) -> Phase:
         def pack(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:  # rows of n_ctx, cut into row_len pieces
-            return cut_rows(pack_documents(docs(n_docs, mix, doc_seed), r.config["n_ctx"], tokenizer.eot_id),
-                            row_len, tokenizer.bos_id)
+            if doc_seed not in packed:
+                packed[doc_seed] = pack_documents(docs(n_docs, mix, doc_seed), r.config["n_ctx"], tokenizer.eot_id)
+            return cut_rows(packed[doc_seed], row_len, tokenizer.bos_id)
 
         rows = pack(r.documents, r.mix, seed) if r.documents else None
         parts = []
@@ -294,7 +295,6 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
     phases, tokenizer, corpus = build_phases(r, seed)
     model = fresh_model(r, tokenizer, seed)
     log: TrainLog = train(model, phases, settings, evaluator(r, corpus, tokenizer), progress=progress)
-    cfg = model.cfg
     card = {
         "name": r.name, "description": r.description,
         "recipe": {"name": r.name, "seed": seed, "settings": asdict(settings), "documents": r.documents,

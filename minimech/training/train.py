@@ -132,7 +132,10 @@ def _train(model: GPT, phases: list[Phase], settings: TrainSettings, evaluate, p
             group["lr"] = settings.lr_at(step)
         model.train()
         per_token = model.loss(model(batch), batch, per_token=True)  # [batch, pos - 1]
-        loss = per_token.mean() if targets is None else per_token[targets].mean()
+        if targets is None:
+            loss = per_token.mean()
+        else:  # a batch with no target kept gets a zero loss, not the NaN of an empty mean
+            loss = per_token[targets].sum() / targets.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
