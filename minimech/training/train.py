@@ -99,6 +99,9 @@ def train(model: GPT, data: torch.Tensor | list[Phase], settings: TrainSettings,
     phases = [Phase(data)] if isinstance(data, torch.Tensor) else list(data)
     if not phases or any(p.until is None for p in phases[:-1]):
         raise ValueError("phases: give at least one, and an `until` step to every phase but the last")
+    untils = [p.until for p in phases[:-1]]
+    if untils != sorted(set(untils)):
+        raise ValueError(f"phases: the `until` steps must be increasing, got {untils}")
     with tied(model, settings.tie_embeddings):
         return _train(model, phases, settings, evaluate, progress)
 
