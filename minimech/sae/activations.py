@@ -18,7 +18,7 @@ import torch
 from .autoencoder import SAEError
 
 TRAIN_SEED, EVAL_SEED = 5_000_000, 6_000_000  # corpus seeds: training chunks TRAIN_SEED + 1000 * seed + i
-CHUNK_DOCUMENTS = 1000  # documents per generated chunk (~40,000 tokens on the shipped corpus)
+CHUNK_DOCUMENTS = 1000  # documents per generated chunk at most (~37,000 tokens on the shipped corpus)
 
 
 def hook_layer(model, hook: str) -> int | None:
@@ -118,8 +118,8 @@ def collect_activations(model, hook: str, tokens: torch.Tensor, batch_size: int 
 class ActivationStream:
     """An endless iterator of shuffled activation batches [batch_size, d_in] from one hook.
 
-    Source: corpus documents generated CHUNK_DOCUMENTS at a time from corpus seed TRAIN_SEED + 1000 * seed + i (the
-    held-out eval documents skipped), or, with tokens=, those token rows, reshuffled on every pass. A buffer of
+    Source: corpus documents generated min(CHUNK_DOCUMENTS, buffer_size / 64) at a time from corpus seed TRAIN_SEED
+    + 1000 * seed + i (the held-out eval documents skipped), or, with tokens=, those token rows, reshuffled on every pass. A buffer of
     buffer_size activations is filled, shuffled, and its first half handed out before the next refill (as SAELens's
     mixing buffer), so a batch mixes tokens from many documents and memory stays at ~buffer_size x d_in floats.
     """
@@ -134,13 +134,14 @@ class ActivationStream:
         self.seed, self.tokens = seed, None if tokens is None else model.check_tokens(tokens)
         self.gen = torch.Generator().manual_seed(seed)
         self.chunk, self.tokens_read = 0, 0
+        self.chunk_documents = min(CHUNK_DOCUMENTS, max(16, buffer_size // 64))  # a chunk: ~half a buffer of tokens
         self.skip = None if tokens is not None else set(corpus_documents(model, EVAL_DOCUMENTS, EVAL_SEED))
         self.buffer = torch.empty(0, hook_width(model, self.hook), device=model.W_E.device)
         self.cursor = 0
 
     def _next_rows(self) -> torch.Tensor:
         if self.tokens is None:
-            rows = corpus_rows(self.model, CHUNK_DOCUMENTS, TRAIN_SEED + 1000 * self.seed + self.chunk, self.skip)
+            rows = corpus_rows(self.model, self.chunk_documents, TRAIN_SEED + 1000 * self.seed + self.chunk, self.skip)
         else:
             rows = self.tokens[torch.randperm(len(self.tokens), generator=self.gen)]
         self.chunk += 1

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .activations import CHUNK_DOCUMENTS, TRAIN_SEED, ActivationStream, check_hook, hook_width
+from .activations import TRAIN_SEED, ActivationStream, check_hook, hook_width
 from .autoencoder import SAEConfig, SAEError, SparseAutoencoder
 
 
@@ -71,32 +71,83 @@ class SAETrainSettings:
         return self.training_tokens // self.batch_size
 
 
-def train_forward(sae: SparseAutoencoder, x: torch.Tensor):
-    """(x_hat, pre, active) for a batch x [batch, d_in]: the same maths as sae.decode(sae.encode(x)), computed the
-    cheap way. For TopK the decoder reads only the k chosen rows of W_dec per token (an embedding bag: batch x k x
-    d_in multiply-adds instead of batch x d_sae x d_in). active: [batch, d_sae] bool, which features fired."""
-    pre = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc)  # [batch, d_sae]
+class _Encoder(torch.autograd.Function):
+    """pre = (x - b_dec) @ W_enc + b_enc, with a backward that exploits sparse gradients.
+
+    Once the SAE is sparse, the gradient reaching the pre-activations is zero wherever a feature did not fire (the
+    ReLU / TopK passes nothing back there), so W_enc's gradient, (x - b_dec)^T @ grad_pre, is a sum over the few
+    (token, feature) pairs that fired: n_active x d_in multiply-adds instead of batch x d_sae x d_in. b_dec's
+    gradient needs only grad_pre summed over the batch (-W_enc @ that sum), not the per-token gradient of x. The
+    inputs x get no gradient (they are data). Dense gradients (early in training; AuxK) take the plain matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc):
+        centered = x - b_dec  # [batch, d_in]
+        ctx.save_for_backward(centered, W_enc)
+        return torch.addmm(b_enc, centered, W_enc)  # [batch, d_sae]
+
+    @staticmethod
+    def backward(ctx, grad_pre):
+        centered, W_enc = ctx.saved_tensors
+        grad_b_enc = grad_pre.sum(0)  # [d_sae]
+        grad_b_dec = -(W_enc @ grad_b_enc)  # [d_in]
+        nonzero = grad_pre.nonzero(as_tuple=True) if grad_pre.count_nonzero() * 32 < grad_pre.numel() else None
+        if nonzero is None:
+            grad_W_enc = centered.T @ grad_pre  # [d_in, d_sae]
+        else:
+            rows, cols = nonzero
+            contributions = centered[rows] * grad_pre[rows, cols, None]  # [n, d_in]
+            grad_W_enc = torch.zeros(W_enc.shape[1], W_enc.shape[0], dtype=W_enc.dtype, device=W_enc.device)
+            grad_W_enc = grad_W_enc.index_add_(0, cols, contributions).T  # [d_in, d_sae]
+        return None, grad_b_dec, grad_W_enc, grad_b_enc
+
+
+@dataclass
+class StepForward:
+    """One training forward: the reconstruction, the L1 term and the pre-activations (with gradients), and which
+    features fired."""
+    x_hat: torch.Tensor  # [batch, d_in]
+    l1: torch.Tensor  # []: mean over the batch of sum_i f_i
+    pre: torch.Tensor  # [batch, d_sae]
+    active: torch.Tensor  # [batch, d_sae] bool
+
+
+def train_forward(sae: SparseAutoencoder, x: torch.Tensor, sparse_below: float = 1 / 32) -> StepForward:
+    """The training forward on a batch x [batch, d_in]: the same maths as sae.decode(sae.encode(x)), and the same
+    gradients, computed the cheap way once few features fire (TopK always; ReLU when the active fraction is under
+    sparse_below): the decoder then reads only the active rows of W_dec per token, as an embedding bag, and the
+    encoder's backward sums over active pairs only (_Encoder). A dense step costs ~5 x batch x d_sae x d_in
+    multiply-adds (encoder and decoder, forward and backward); a sparse one ~1 x, the encoder's forward."""
+    pre = _Encoder.apply(x, sae.b_dec, sae.W_enc, sae.b_enc)  # [batch, d_sae]
+    batch = len(x)
     if sae.cfg.activation == "relu":
         f = torch.relu(pre)
-        return torch.addmm(sae.b_dec, f, sae.W_dec), pre, f > 0
-    values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)  # [batch, k] each
-    values = values.relu()
-    x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-    active = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, indices, values > 0)
-    return x_hat, pre, active
+        active = f > 0
+        if int(active.sum()) > sparse_below * active.numel():  # early in training: most features fire
+            return StepForward(torch.addmm(sae.b_dec, f, sae.W_dec), f.sum(-1).mean(), pre, active)
+        rows, cols = active.nonzero(as_tuple=True)  # sorted by row
+        counts = torch.bincount(rows, minlength=batch)
+        values = f[rows, cols]  # [n]
+        x_hat = F.embedding_bag(cols, sae.W_dec, counts.cumsum(0) - counts, per_sample_weights=values, mode="sum")
+        return StepForward(x_hat + sae.b_dec, values.sum() / batch, pre, active)
+    top = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+    values = top.values.relu()  # [batch, k]
+    active = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, top.indices, values > 0)
+    x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+    return StepForward(x_hat, values.sum() / batch, pre, active)
 
 
-def aux_k_loss(sae: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
-               dead: torch.Tensor) -> torch.Tensor:
+def aux_k_loss(sae: SparseAutoencoder, x: torch.Tensor, step: StepForward, dead: torch.Tensor) -> torch.Tensor:
     """Gao et al.'s AuxK, as SAELens computes it: the top min(d_in / 2, n_dead) pre-activations among dead
-    features reconstruct the residual x - x_hat; scaled by min(n_dead / (d_in / 2), 1)."""
+    features (not ReLU'd) reconstruct the residual x - x_hat; scaled by min(n_dead / (d_in / 2), 1)."""
     n_dead = int(dead.sum())
     if n_dead == 0:
         return x.new_zeros(())
     k_aux = x.shape[-1] // 2
     scale, k_aux = min(n_dead / k_aux, 1.0), min(k_aux, n_dead)
-    residual = (x - x_hat).detach()
-    top = torch.where(dead, pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+    residual = (x - step.x_hat).detach()
+    top = torch.where(dead, step.pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
     recons = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=top.values, mode="sum")
     return scale * (recons - residual).pow(2).sum(-1).mean()
 
@@ -127,6 +178,15 @@ def resample_dead(sae: SparseAutoencoder, optimizer: torch.optim.Adam, x: torch.
             if moment in state:
                 state[moment][rows] = 0.0
     return len(dead_ids)
+
+
+@torch.no_grad()
+def fold_input_scale(sae: SparseAutoencoder, scale: float) -> None:
+    """An SAE trained on x * scale, rewritten to read raw x: f(x) = f'(x * scale) / scale and x_hat(x) =
+    x_hat'(x * scale) / scale, by dividing both biases by scale. (ReLU and TopK commute with a positive scale.) The
+    weights stay as trained, so W_dec keeps unit rows and activations come out in the hook's own units."""
+    sae.b_dec /= scale
+    sae.b_enc /= scale
 
 
 def _schedule(settings: SAETrainSettings):
@@ -178,13 +238,11 @@ def train_sae(model, hook: str, settings: SAETrainSettings | None = None, tokens
     with torch.no_grad():
         sae.b_dec.copy_((sample * scale).mean(0))  # start at the data's mean: features then encode deviations
     history = _fit(sae, stream, first, scale, settings, progress, tqdm)
-    with torch.no_grad():  # trained on x * scale: f(x) = f'(x * scale) / scale keeps W_dec unit norm
-        sae.b_dec /= scale
-        sae.b_enc /= scale
+    fold_input_scale(sae, scale)
     tokens_note = ("token rows passed to train_sae" if tokens is not None else
-                   f"Corpus(seed=0) documents, {CHUNK_DOCUMENTS} per chunk from corpus seed {TRAIN_SEED} + 1000 x "
-                   f"seed + chunk, mixed as the model's recipe, packed into rows of n_ctx; <|endoftext|> positions "
-                   f"and the held-out eval documents left out")
+                   f"Corpus(seed=0) documents in chunks of {getattr(stream, 'chunk_documents', '?')} from corpus seed "
+                   f"{TRAIN_SEED} + 1000 x seed + chunk, mixed as the model's recipe, packed into rows of n_ctx; "
+                   "<|endoftext|> positions and the held-out eval documents left out")
     sae.cfg.training = {"settings": asdict(settings) | {"d_sae": d_sae}, "steps": settings.steps,
                         "tokens": settings.steps * settings.batch_size, "data": tokens_note,
                         "activation_scale": scale, "wall_time_s": round(time.perf_counter() - start, 1),
@@ -207,15 +265,15 @@ def _fit(sae: SparseAutoencoder, stream, first: list, scale: float, settings: SA
     bar = tqdm(range(settings.steps), desc=f"SAE {sae.cfg.hook}", disable=not progress)
     for step in bar:
         x = (first[step] if step < len(first) else next(stream)) * scale  # [batch, d_in]
-        x_hat, pre, active = train_forward(sae, x)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        out = train_forward(sae, x)
+        mse = (out.x_hat - x).pow(2).sum(-1).mean()
         since_fired += 1
-        since_fired[active.any(0)] = 0
+        since_fired[out.active.any(0)] = 0
         dead = since_fired >= settings.dead_window
-        if relu:  # ||W_dec[i]|| = 1, so the weighted L1 of the loss is the plain sum of activations
-            extra = settings.l1_coefficient * l1_factor(step) * torch.relu(pre).sum(-1).mean()
+        if relu:  # ||W_dec[i]|| = 1, so SAELens's decoder-norm-weighted L1 is the plain sum of activations
+            extra = settings.l1_coefficient * l1_factor(step) * out.l1
         else:
-            extra = settings.aux_k_coefficient * aux_k_loss(sae, x, x_hat, pre, dead) \
+            extra = settings.aux_k_coefficient * aux_k_loss(sae, x, out, dead) \
                 if settings.aux_k_coefficient else mse.new_zeros(())
         optimizer.zero_grad(set_to_none=True)
         (mse + extra).backward()
@@ -225,10 +283,10 @@ def _fit(sae: SparseAutoencoder, stream, first: list, scale: float, settings: SA
         scheduler.step()
         sae.normalize_decoder()
         if relu and settings.resample_every and step and step % settings.resample_every == 0 and step < decay_start:
-            resampled += resample_dead(sae, optimizer, x, x_hat.detach(), dead, gen)
+            resampled += resample_dead(sae, optimizer, x, out.x_hat.detach(), dead, gen)
             since_fired[dead] = 0
         if step % every == 0 or step == settings.steps - 1:
-            l0 = active.sum(-1).float().mean().item()
+            l0 = out.active.sum(-1).float().mean().item()
             history.append({"step": step, "mse": round(mse.item(), 5), "l0": round(l0, 3),
                             "dead_fraction": round(dead.float().mean().item(), 4), "resampled": resampled})
             bar.set_postfix(mse=f"{mse.item():.3f}", l0=f"{l0:.1f}", dead=f"{dead.float().mean().item():.2f}")
