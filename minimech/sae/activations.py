@@ -110,7 +110,7 @@ def collect_activations(model, hook: str, tokens: torch.Tensor, batch_size: int 
     for rows in tokens.split(batch_size):
         _, cache = model.run_with_cache(rows, names=[hook], stop_at_layer=stop)
         acts = per_token(cache[hook])  # [rows, pos, d_in]
-        keep = ~special_mask(model, rows) if exclude_special else torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+        keep = ~special_mask(model, rows) if exclude_special else torch.ones_like(rows, dtype=torch.bool)
         out.append(acts[keep.to(acts.device)])
     return torch.cat(out)
 
@@ -119,9 +119,10 @@ class ActivationStream:
     """An endless iterator of shuffled activation batches [batch_size, d_in] from one hook.
 
     Source: corpus documents generated min(CHUNK_DOCUMENTS, buffer_size / 64) at a time from corpus seed TRAIN_SEED
-    + 1000 * seed + i (the held-out eval documents skipped), or, with tokens=, those token rows, reshuffled on every pass. A buffer of
-    buffer_size activations is filled, shuffled, and its first half handed out before the next refill (as SAELens's
-    mixing buffer), so a batch mixes tokens from many documents and memory stays at ~buffer_size x d_in floats.
+    + 1000 * seed + i (the held-out eval documents skipped), or, with tokens=, those token rows, reshuffled on every
+    pass. A buffer of buffer_size activations is filled, shuffled, and its first half handed out before the next
+    refill (as SAELens's mixing buffer), so a batch mixes tokens from many documents and memory stays at about
+    (buffer_size + one chunk) x d_in floats.
     """
 
     def __init__(self, model, hook: str, batch_size: int = 4096, buffer_size: int = 65536, seed: int = 0,

@@ -87,7 +87,8 @@ class Feature:
         return residual_direction(self._model(model), self.sae.hook, self.decoder)
 
     def logits(self, model=None) -> torch.Tensor:  # [d_vocab]
-        """residual_direction @ W_U: its direct effect on the logits (before ln_final's scale, as Memory.value_logits)."""
+        """residual_direction @ W_U: its direct effect on the logits (before ln_final's scale, as
+        Memory.value_logits)."""
         model = self._model(model)
         return self.residual_direction(model) @ model.W_U.detach()
 

@@ -85,7 +85,7 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for rows in tokens.split(batch_size):
-        special = special_mask(model, rows) if exclude_special else torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+        special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
         keep = ~special  # [batch, pos]
         logits, cache = model.run_with_cache(rows, names=[hook])
         x = per_token(cache[hook])[keep]  # [n, d_in]

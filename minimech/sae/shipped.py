@@ -73,7 +73,8 @@ def train_shipped(model, hook: str | None = None, settings: SAETrainSettings | N
     sae = train_sae(model, hook, settings or SHIPPED_SETTINGS, progress=progress)
     metrics = evaluate_sae(model, sae)
     record(sae, metrics)
-    sae.cfg.training["command"] = f"minimech sae train --model {_model_name(model)} --ship" + (
-        "" if hook == default_hook(model) else f" --hook {hook}")
+    if out is None:  # the shipped recipe, written where sae_for finds it
+        sae.cfg.training["command"] = f"minimech sae train --model {_model_name(model)} --ship" + (
+            "" if hook == default_hook(model) else f" --hook {hook}")
     sae.cfg.training["wall_time_with_eval_s"] = round(time.perf_counter() - start, 1)
     return sae, metrics, sae.save(folder)
