@@ -69,6 +69,9 @@ if MAIN:
     torch.manual_seed(0)
     OUT.mkdir(exist_ok=True)
     model = minimech.load(args.model)
+    if model.cfg.attn_only:
+        raise SystemExit(f"lesson 07 reads an MLP layer and {args.model} has none: use a model with MLPs "
+                         f"(--model {DEFAULT_MODEL}, or gpt2)")
     HOOK = default_hook(model)  # the middle MLP's neurons, after the GELU: blocks.{n_layers // 2}.mlp.hook_post
     LAYER = int(HOOK.split(".")[1])
     print(model)
@@ -188,13 +191,14 @@ def train_small_sae(acts: torch.Tensor, d_sae: int, steps: int, batch: int = 102
 
 
 if MAIN:
-    acts = collect_activations(model, HOOK, corpus_rows(model, 1000, seed=1))  # [tokens, d_mlp]
+    wide = model.cfg.d_mlp > 512  # GPT-2's 3,072 neurons: fewer documents and smaller batches, same number of steps
+    acts = collect_activations(model, HOOK, corpus_rows(model, 300 if wide else 1000, seed=1))  # [tokens, d_mlp]
     held_out = collect_activations(model, HOOK, corpus_rows(model, 200, seed=2))
     print(f"\n{len(acts):,} training activations of {acts.shape[1]} neurons; {len(held_out):,} held out")
     mine = None
     with demo("07.3 training a small SAE with your training step"):
         start = time.perf_counter()
-        mine = train_small_sae(acts, d_sae=2 * acts.shape[1], steps=200)
+        mine = train_small_sae(acts, d_sae=2 * acts.shape[1], steps=200, batch=256 if wide else 1024)
         print(f"   trained in {time.perf_counter() - start:.0f} s")
 
 # %% [markdown]
@@ -379,7 +383,8 @@ def effective(counter: Counter) -> float:
 if MAIN and sae is not None:
     doc_tokens, doc_f, doc_neurons, doc_real = all_feature_activations(model, sae)
     density = (doc_f > 0).sum((0, 1)) / doc_real.sum()  # [d_sae]: fraction of real tokens each feature fires on
-    candidates = [i for i in density.argsort(descending=True).tolist() if density[i] > 0.005][:150]
+    by_density = density.argsort(descending=True).tolist()
+    candidates = [i for i in by_density if density[i] > 0.005][:150] or by_density[:150]
     chosen, seen = [], set()
     for i in candidates:  # frequent features whose top contexts are of one kind, one feature per kind
         counter = kinds(doc_tokens, doc_f[..., i])
@@ -389,6 +394,7 @@ if MAIN and sae is not None:
             seen.add(main_kind)
         if len(chosen) == 4:
             break
+    chosen += [i for i in candidates if i not in chosen][:4 - len(chosen)]  # too few of one kind: the most frequent
     with demo("07.6 and 07.7: four features, by their contexts and logit effects"):
         probe = doc_tokens[:8]
         yours = feature_activations(model, probe, HOOK, sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach(),
@@ -503,7 +509,7 @@ if MAIN and sae is not None:
     estimate = removal_estimates(model, sae, doc_tokens[rows], doc_real[rows])  # [120, pos, d_sae]
     fires = doc_f[rows] > 0
     score = estimate.sum((0, 1)) / fires.sum((0, 1)).clamp_min(1)  # mean over firing positions
-    score[density < 0.01] = -float("inf")  # frequent enough to measure
+    score[density < min(0.01, float(density.max()))] = -float("inf")  # frequent enough to measure
     target = int(score.argmax())
     print(f"\nfeature {target}: fires on {density[target]:.1%} of tokens; removing it should lower the log-probability "
           f"of the model's top token by about {score[target]:.3f} nats where it fires (first order); promotes "

@@ -127,7 +127,7 @@ class Feature:
         model = self.sae.model
         if model is not None:
             try:
-                text += "; promotes " + ", ".join(repr(t) for t, _ in self.top_tokens(5))
+                text += "; largest logit effects " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.top_tokens(4))
             except SAEError:
                 pass
         return text
