@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 STATUSES = ("pass", "fail", "not attempted", "error", "timeout", "memory", "exited", "forbidden import",
             "model mutated")
 # An exercise with one of these gets no credit at all (a case that merely errs or fails still leaves partial credit).
 LOSES_EXERCISE = ("timeout", "memory", "exited", "forbidden import", "model mutated")
+# An upstream exercise with one of these is not blamed for a later exercise's failure (blame_upstream): "not
+# attempted" already surfaces downstream as "this calls your exercise 00.3, which is not written yet".
+UPSTREAM_OK = ("pass", "not attempted")
 
 
 @dataclass
@@ -94,3 +97,20 @@ def score_exercise(ex_id: str, title: str, function: str, points: float, cases: 
 def lost_exercise(ex_id: str, title: str, function: str, points: float, status: str, message: str) -> ExerciseResult:
     """An exercise that produced no per-case results (a hang, a crash, an import that failed, a grader error)."""
     return ExerciseResult(ex_id, title, function, status, 0.0, points, message, [])
+
+
+def blame_upstream(results: list[ExerciseResult], uses: dict[str, tuple]) -> list[ExerciseResult]:
+    """Each failed result whose exercise calls (uses) an earlier exercise that also failed in this run, with a
+    message that names that exercise first: its failure is the likely cause. uses: {exercise id: (ids it uses)}."""
+    by_id = {r.id: r for r in results}
+    out = []
+    for r in results:
+        broken = [by_id[u] for u in uses.get(r.id, ()) if u in by_id and by_id[u].status not in UPSTREAM_OK]
+        if broken and r.status not in ("pass", "not attempted"):
+            names = ", ".join(f"{u.id} ({u.function})" for u in broken)
+            verb = "fails" if len(broken) == 1 else "fail"
+            first = broken[0].id
+            r = replace(r, message=f"your {names} {verb}; {r.id} calls {'it' if len(broken) == 1 else 'them'}: "
+                                   f"fix {first} first. ({r.message})")
+        out.append(r)
+    return out
