@@ -100,17 +100,28 @@ def lost_exercise(ex_id: str, title: str, function: str, points: float, status: 
 
 
 def blame_upstream(results: list[ExerciseResult], uses: dict[str, tuple]) -> list[ExerciseResult]:
-    """Each failed result whose exercise calls (uses) an earlier exercise that also failed in this run, with a
-    message that names that exercise first: its failure is the likely cause. uses: {exercise id: (ids it uses)}."""
+    """Each failed result whose exercise calls (uses), directly or through another exercise, an exercise that also
+    failed in this run, with a message that names the first such failure: it is the likely cause. uses: {exercise
+    id: (ids of the exercises it calls)}."""
     by_id = {r.id: r for r in results}
+    failed = {r.id for r in results if r.status not in UPSTREAM_OK}
+
+    def roots(ex_id: str, seen: set) -> list[str]:  # failed exercises upstream of ex_id, through failed ones only
+        found = []
+        for up in uses.get(ex_id, ()):
+            if up in seen or up not in failed:  # a passing (or unchecked) exercise passes no blame on
+                continue
+            seen.add(up)
+            found += roots(up, seen) or [up]
+        return found
+
     out = []
     for r in results:
-        broken = [by_id[u] for u in uses.get(r.id, ()) if u in by_id and by_id[u].status not in UPSTREAM_OK]
-        if broken and r.status not in ("pass", "not attempted"):
-            names = ", ".join(f"{u.id} ({u.function})" for u in broken)
-            verb = "fails" if len(broken) == 1 else "fail"
-            first = broken[0].id
-            r = replace(r, message=f"your {names} {verb}; {r.id} calls {'it' if len(broken) == 1 else 'them'}: "
-                                   f"fix {first} first. ({r.message})")
+        causes = sorted(set(roots(r.id, set()))) if r.status not in ("pass", "not attempted") else []
+        if causes:
+            names = ", ".join(f"{by_id[c].id} ({by_id[c].function})" for c in causes)
+            one = len(causes) == 1
+            r = replace(r, message=f"your {names} {'fails' if one else 'fail'}; {r.id} calls {'it' if one else 'them'}"
+                                   f": fix {causes[0]} first. ({r.message})")
         out.append(r)
     return out
