@@ -36,7 +36,7 @@ def ln_eps_on_std(x, w, b, eps=1e-5):
     return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w + b
 
 
-# ---- 00.2 attention_pattern and 00.3 attention -------------------------------------------------------------------------------------------------
+# ---- 00.2 attention_pattern and 00.3 attention -----------------------------------------------------------------------
 
 def _attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, hide, softmax_dim=-1, scale=True):
     q = torch.einsum("bpm,hme->bphe", x, W_Q) + b_Q

@@ -255,7 +255,8 @@ def pattern_cases(ctx) -> list[Case]:
     model = ctx.model()
     layer = _int(gen, 0, model.cfg.n_layers - 1)
     cache = _cache(model, _prompt(model, gen))
-    cases.append(Case(dict(q=cache[f"blocks.{layer}.attn.hook_q"].clone(), k=cache[f"blocks.{layer}.attn.hook_k"].clone()),
+    q, k = cache[f"blocks.{layer}.attn.hook_q"], cache[f"blocks.{layer}.attn.hook_k"]
+    cases.append(Case(dict(q=q.clone(), k=k.clone()),
                       weight=2.0, label=f"{_name(model)} layer {layer}'s q and k on a prompt"))
     for batch, pos, heads, d_head in [(2, 7, 3, 5), (1, 12, 1, 8), (3, 1, 2, 4)]:
         q = torch.randn(batch, pos, heads, d_head, generator=gen) * 1.5
@@ -402,7 +403,8 @@ def gelu_compare(got, want, case) -> str | None:
     variants = [
         (lambda: GELUS["erf"](x), "this is the exact (erf) GELU, x * Phi(x), which F.gelu computes by default; GPT-2 "
                                   "uses the tanh approximation: write the formula, or F.gelu(x, approximate='tanh')"),
-        (lambda: GELUS["sigmoid"](x), "this is the sigmoid approximation x * sigmoid(1.702 x); GPT-2 uses the tanh one"),
+        (lambda: GELUS["sigmoid"](x), "this is the sigmoid approximation x * sigmoid(1.702 x); GPT-2 uses the tanh "
+                                      "one"),
         (lambda: GELUS["relu"](x), "this is ReLU; GELU is smooth and slightly negative for negative x"),
         (lambda: GELUS["square"](x), "the cubic term is 0.044715 x^3, not x^2"),
         (lambda: GELUS["no_half"](x), "the factor 1/2 is missing: 0.5 x (1 + tanh(...))"),

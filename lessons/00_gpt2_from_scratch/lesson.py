@@ -21,7 +21,6 @@
 
 # %%
 import argparse
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -137,9 +136,7 @@ if MAIN:
         mine = attention_pattern(q, k)  # [1, head, q_pos, k_pos]
         print(f"   max |yours - minimech's pattern| = {max_diff(mine, cache['blocks.0.attn.hook_pattern']):.2e}")
         str_tokens = [repr(t)[1:-1] for t in model.to_str_tokens(tokens[0])]
-        for head in range(model.cfg.n_heads):
-            show(plot.attention(mine[0, head], str_tokens, OUT / f"00_pattern_L0H{head}.png",
-                                title=f"your pattern, layer 0 head {head}"))
+        show(plot.attention(mine[0, 0], str_tokens, OUT / "00_pattern_L0H0.png", title="your pattern, layer 0 head 0"))
         to_first = mine[0, :, 1:, 0].mean(-1)  # [head]: mean attention on <|endoftext|> (queries after it)
         to_self = mine[0].diagonal(dim1=-2, dim2=-1)[:, 1:].mean(-1)  # [head]
         to_previous = mine[0].diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)  # [head]

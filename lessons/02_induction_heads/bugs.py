@@ -149,7 +149,8 @@ def baseline_mean_only(d_model, d_head, n_samples, gen):
 
 # ---- 02.7 ---------------------------------------------------------------------------------------------------------
 def _qv(model, sender_layer, receiver_layer, q_matrix, v_matrix):
-    out = {"Q": torch.zeros(model.cfg.n_heads, model.cfg.n_heads), "V": torch.zeros(model.cfg.n_heads, model.cfg.n_heads)}
+    n = model.cfg.n_heads
+    out = {"Q": torch.zeros(n, n), "V": torch.zeros(n, n)}
     for s, sender in enumerate(model.blocks[sender_layer].attn.heads):
         ov = sender.OV.AB
         for r, receiver in enumerate(model.blocks[receiver_layer].attn.heads):

@@ -83,7 +83,8 @@ def probe_cases(ctx) -> list[Case]:
         pool = pool[pool != bos_id]
         cases.append(Case({"token_pool": pool, "bos_id": bos_id, "seq_len": seq_len, "batch": batch,
                            "gen": torch.Generator().manual_seed(_int(gen, 0, 10**6))},
-                          label=f"pool of {len(pool)} ids from {offset}, BOS {bos_id}, seq_len={seq_len}, batch={batch}"))
+                          label=f"pool of {len(pool)} ids from {offset}, BOS {bos_id}, seq_len={seq_len}, "
+                                f"batch={batch}"))
     return cases
 
 

@@ -31,6 +31,7 @@
 
 # %%
 import argparse
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -343,7 +344,7 @@ def q_and_v_composition_scores(model, sender_layer: int, receiver_layer: int) ->
 # baseline will it be?
 
 # %%
-prediction_3 = None  # your guess: the strongest K-composition pair and its score against the baseline, e.g. ("L0H0->L1H0", 0.5, 0.1)
+prediction_3 = None  # your guess: the strongest K pair, its score, the baseline, e.g. ("L0H0->L1H0", 0.5, 0.1)
 
 # %%
 if MAIN:
@@ -517,7 +518,9 @@ def short_training_run(steps: int = 200, seed: int = 0) -> list:
     return train(fresh, phases, settings, recipes.evaluator(recipe, corpus, tokenizer), progress=False).history
 
 
-if MAIN:
+if MAIN and os.environ.get("MINIMECH_QUICK"):  # the test suite's smoke run: building the corpus alone takes seconds
+    print("\n== a short training run\n   skipped: MINIMECH_QUICK is set")
+elif MAIN:
     with demo("a short training run"):
         start = time.perf_counter()
         run_history = short_training_run(steps=args.recipe_steps or 200)
@@ -544,7 +547,8 @@ GPT2_INDUCTION_HEADS = [(5, 1), (5, 5), (6, 9), (7, 2), (7, 10)]
 
 if MAIN and IS_GPT2:
     with demo("GPT-2 small's induction heads"):
-        gpt2_tokens = repeated_tokens(token_pool(model), model.tokenizer.bos_id, 50, 8, torch.Generator().manual_seed(0))
+        gpt2_tokens = repeated_tokens(token_pool(model), model.tokenizer.bos_id, 50, 8,
+                                      torch.Generator().manual_seed(0))
         gpt2_scores = detector_scores(model, gpt2_tokens, 50)["induction"]  # [12, 12]
         top10 = [(int(i) // 12, int(i) % 12) for i in gpt2_scores.flatten().topk(10).indices]
         missing = [f"{l}.{h}" for l, h in GPT2_INDUCTION_HEADS if (l, h) not in top10]
@@ -560,8 +564,8 @@ elif MAIN:
 # you can point to: a previous-token head in layer 0 writes "the token before me" into each position, and induction
 # heads in layer 1 use that as their keys (K-composition, visible in the weights against a random baseline) to attend
 # to the token after the earlier copy and copy it. Ablations show which heads the behaviour needs, including one no
-# detector flags, and the training history shows the parts forming together, abruptly. Olsson et al. argue that the same mechanism, in fuzzier forms, underlies much of the
-# in-context learning of large models.
+# detector flags, and the training history shows the parts forming together, abruptly. Olsson et al. argue that the
+# same mechanism, in fuzzier forms, underlies much of the in-context learning of large models.
 
 if MAIN:
     print(f"figures written to {OUT.resolve()}")

@@ -27,6 +27,7 @@
 # %%
 import argparse
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +39,9 @@ from minimech.notebook import show
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "none"  # this lesson trains its own toy models; it never loads a transformer
 OUT = Path("minimech-out")
+# Training steps of the experiments. MINIMECH_QUICK=1 (the test suite's smoke run) takes 60: the script runs top
+# to bottom in seconds, but the models are then too little trained to show the paper's results.
+STEPS = 60 if os.environ.get("MINIMECH_QUICK") else 2000
 
 
 @contextmanager
@@ -245,7 +249,7 @@ if MAIN:
     with demo("5 features in 2 dimensions"):
         density = settings([1 - s for s in PENTAGON_SPARSITIES], 5, N_INITS)  # [4 * 3, 5]
         importance_5 = (0.8 ** torch.arange(5.0)).expand(len(density), -1)
-        five = best_of(train_toy_models(density, importance_5, 2, steps=2000, batch_size=512, seed=0), N_INITS)
+        five = best_of(train_toy_models(density, importance_5, 2, steps=STEPS, batch_size=512, seed=0), N_INITS)
         pentagon = dict(zip(PENTAGON_SPARSITIES, five["W"]))
         for sparsity, W in pentagon.items():
             print(f"   S = {sparsity:4}: column norms {[round(v, 2) for v in W.norm(dim=0).tolist()]}")
@@ -283,6 +287,10 @@ def no_superposition_loss(importance: torch.Tensor, feature_probability: float, 
     # EXERCISE 05.5
     raise NotImplementedError("EXERCISE 05.5: sum over the dropped features of I_i (p/3 - p^2/4)")
 
+
+# %% [markdown]
+# Now compare the models you trained in section 5 with this baseline. At S = 0.95, what fraction of the
+# no-superposition loss do you expect the trained model to pay?
 
 # %%
 prediction_2 = None  # your guess: at S = 0.95, the trained model's loss divided by the no-superposition loss, e.g. 0.9
@@ -341,6 +349,10 @@ def feature_dimensionality(W: torch.Tensor) -> dict:
     raise NotImplementedError("EXERCISE 05.7: D_i = ||W_i||^2 / sum_j (W^_i . W_j)^2; D* = m / ||W||_F^2")
 
 
+# %% [markdown]
+# Before running them on shapes you know: what dimensionality D_i does a feature get in an antipodal pair, and in
+# a regular pentagon?
+
 # %%
 prediction_3 = None  # your guess: a feature's dimensionality in an antipodal pair, and in a regular pentagon
 
@@ -351,8 +363,9 @@ if MAIN:
         shapes = {"antipodal pair": torch.tensor([[1.0, -1.0]]),
                   "regular pentagon": torch.stack([angles.cos(), angles.sin()])}
         for name, W in shapes.items():
-            print(f"   {name}: dimensionality {[round(v, 3) for v in feature_dimensionality(W)['dimensionality'].tolist()]}"
-                  f", interference {[round(v, 3) for v in feature_norms_and_interference(W)['interference'].tolist()]}")
+            dims = [round(v, 3) for v in feature_dimensionality(W)["dimensionality"].tolist()]
+            interference = [round(v, 3) for v in feature_norms_and_interference(W)["interference"].tolist()]
+            print(f"   {name}: dimensionality {dims}, interference {interference}")
         trained = feature_dimensionality(pentagon[0.95])
         print(f"   the trained model at S = 0.95: {[round(v, 2) for v in trained['dimensionality'].tolist()]}")
 
@@ -411,11 +424,12 @@ if MAIN:
         density = settings([1 - s for s in SWEEP_SPARSITIES], 20, 2)  # two starts per sparsity
         importance_20 = (0.7 ** torch.arange(20.0)).expand(len(density), -1)
         sweep = dict(zip(SWEEP_SPARSITIES, best_of(
-            train_toy_models(density, importance_20, 5, steps=2000, batch_size=512, seed=1), 2)["W"]))
+            train_toy_models(density, importance_20, 5, steps=STEPS, batch_size=512, seed=1), 2)["W"]))
         for sparsity, W in sweep.items():
             kept = W.norm(dim=0) > 0.5
             d = feature_dimensionality(W)
-            print(f"   S = {sparsity:5}: {int(kept.sum()):2d} of 20 features represented, D* {d['dims_per_feature']:.2f}"
+            print(f"   S = {sparsity:5}: {int(kept.sum()):2d} of 20 features represented, "
+                  f"D* {d['dims_per_feature']:.2f}"
                   f"; their D_i: {sorted(round(v, 2) for v in d['dimensionality'][kept].tolist())}")
         plot_sweep(sweep, OUT / "05_sparsity_sweep.png")
         plot_dimensionality(sweep, OUT / "05_dimensions_per_feature.png")
@@ -436,7 +450,7 @@ if MAIN:
 # - give the dimension to feature 1 and drop feature 0 (**dedicated**),
 # - keep both, with opposite signs on the one dimension (**superposition**, an antipodal pair).
 #
-# Sweep r from 0.1 to 10 and p from 0.02 to 1, train every cell (from four starts, keeping the best), and colour
+# Sweep r from 0.1 to 10 and p from 0.02 to 1, train every cell (from eight starts, keeping the best), and colour
 # each cell by what the model did with feature 1.
 
 # %% [markdown]
@@ -454,6 +468,10 @@ def phase_of(W: torch.Tensor) -> str:
     raise NotImplementedError("EXERCISE 05.8: 'superposition', 'dedicated' or 'not represented' for feature 1")
 
 
+# %% [markdown]
+# Where in the (relative importance, density) plane do you expect the model to put both features in its one
+# dimension? Sketch the three regions before you look.
+
 # %%
 prediction_5 = None  # your guess: where superposition appears in the (relative importance, density) plane
 
@@ -461,7 +479,7 @@ prediction_5 = None  # your guess: where superposition appears in the (relative 
 PHASES = ("not represented", "dedicated", "superposition")
 RELATIVE_IMPORTANCE = torch.logspace(-1, 1, 9)  # 0.1 ... 10
 DENSITIES = torch.logspace(-1.7, 0, 8)  # 0.02 ... 1
-PHASE_INITS = 4  # starts per cell: a feature whose ReLU died early is a local minimum; the best of 4 avoids it
+PHASE_INITS = 8  # starts per cell: from about 2 starts in 3, sparse cells end in a local minimum (a dead feature)
 
 
 def plot_phases(phases: torch.Tensor, path: Path) -> None:
@@ -488,7 +506,7 @@ if MAIN:
         cells = r.numel()
         density = p.flatten().repeat_interleave(PHASE_INITS)[:, None].expand(-1, 2)  # [cells * starts, 2 features]
         importance = torch.stack([torch.ones(PHASE_INITS * cells), r.flatten().repeat_interleave(PHASE_INITS)], -1)
-        grid = best_of(train_toy_models(density, importance, 1, steps=2000, batch_size=256, seed=2), PHASE_INITS)
+        grid = best_of(train_toy_models(density, importance, 1, steps=STEPS, batch_size=128, seed=2), PHASE_INITS)
         phases = torch.tensor([PHASES.index(phase_of(W)) for W in grid["W"]]).view(r.shape)
         for row, density_value in zip(phases.tolist(), DENSITIES.tolist()):
             print(f"   p = {density_value:5.3f}: " + " ".join("NDS"[k] for k in row))

@@ -70,8 +70,9 @@ def register(command, arg, print_table) -> None:
 
     @command("start", "copy a lesson (lesson.py, README.md, hints.md) into your workspace",
              arg("lesson", help="the lesson's id, e.g. 02"), dir_arg,
-             arg("--notebook", action="store_true", help="write lesson.ipynb, a Jupyter notebook, instead of "
-                                                          "lesson.py (needs jupytext: pip install 'minimech[notebook]')"),
+             arg("--notebook", action="store_true",
+                 help="write lesson.ipynb, a Jupyter notebook, instead of lesson.py (needs jupytext: pip install "
+                      "'minimech[notebook]')"),
              arg("--force", action="store_true", help="start over (your file is kept as lesson.py.bak or "
                                                       "lesson.ipynb.bak)"))
     def cmd_start(args) -> int:
