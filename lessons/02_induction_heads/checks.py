@@ -359,21 +359,15 @@ def baseline_cases(ctx) -> list[Case]:
 
 
 def _random_scores(d_model: int, d_head: int, n_samples: int, seed: int, full_rank: bool = False) -> torch.Tensor:
-    """K-composition scores of random heads, from dense float64 matrices and an SVD-free norm (the trace)."""
+    """K-composition scores of random heads, all samples in one batch of float64 matrices, norms from traces."""
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_samples):
-        if full_rank:
-            ov = torch.randn(d_model, d_model, generator=gen, dtype=torch.float64)
-            qk = torch.randn(d_model, d_model, generator=gen, dtype=torch.float64)
-        else:
-            ov = torch.randn(d_model, d_head, generator=gen, dtype=torch.float64) @ torch.randn(
-                d_head, d_model, generator=gen, dtype=torch.float64)
-            qk = torch.randn(d_model, d_head, generator=gen, dtype=torch.float64) @ torch.randn(
-                d_head, d_model, generator=gen, dtype=torch.float64)
-        product = ov @ qk.T
-        out.append(torch.trace(product @ product.T).sqrt() / (torch.trace(ov @ ov.T) * torch.trace(qk @ qk.T)).sqrt())
-    return torch.stack(out)
+    randn = lambda *shape: torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    if full_rank:
+        ov, qk = randn(d_model, d_model), randn(d_model, d_model)
+    else:
+        ov, qk = randn(d_model, d_head) @ randn(d_head, d_model), randn(d_model, d_head) @ randn(d_head, d_model)
+    square_norm = lambda m: torch.einsum("nij,nij->n", m, m)  # noqa: E731 - trace(M M^T), ||M||_F^2
+    return (square_norm(ov @ qk.transpose(-1, -2)) / (square_norm(ov) * square_norm(qk))).sqrt()
 
 
 def baseline_reference(d_model, d_head, n_samples, gen):
