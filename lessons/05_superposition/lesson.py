@@ -436,9 +436,11 @@ if MAIN:
 
 # %% [markdown]
 # Dense, the model behaves like PCA: five features, one dimension each (D* = 1). As the data get sparser, more
-# features come in and D* falls, but not smoothly: the dots stick at a few fractions of a dimension (the grey
-# lines), 1/2 for antipodal pairs and 2/5 for pentagons among them, which is what Elhage et al. found: features
-# organise into regular polytopes, with sudden transitions between them.
+# features come in and D* falls, but the features do not share the space evenly: their D_i stick at a few fractions
+# of a dimension (the grey lines). Here they sit at 1 and at 1/2 (antipodal pairs) over most of the sweep, and at the
+# sparsest setting they spread down towards 2/5, the pentagon of section 5. Elhage et al., with more features and
+# longer training, find the same sticky fractions: features organise into regular polytopes, with sudden
+# transitions between them.
 
 # %% [markdown]
 # ## 9. A phase diagram: two features, one dimension
@@ -486,16 +488,15 @@ def plot_phases(phases: torch.Tensor, path: Path) -> None:
     """phases [densities, importances] of indices into PHASES, as coloured cells on log axes."""
     from matplotlib.colors import ListedColormap
 
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
     colours = ListedColormap(["#c7c7c7", "#4c72b0", "#dd5555"])
     ax.pcolormesh(RELATIVE_IMPORTANCE.numpy(), DENSITIES.numpy(), phases.numpy(), cmap=colours, vmin=-0.5,
                   vmax=2.5, shading="nearest")
     ax.set(xscale="log", yscale="log", xlabel="relative importance of feature 1 (r)", ylabel="feature density p",
-           title="n = 2 features, m = 1 dimension: what happens to feature 1")
-    ax.invert_yaxis()  # dense at the top, as in the paper
+           title="n = 2, m = 1: what the model does with feature 1")
     for colour, name in zip(colours.colors, PHASES):
         ax.scatter([], [], color=colour, marker="s", label=name)
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     show(fig, path)
 
@@ -514,11 +515,11 @@ if MAIN:
         plot_phases(phases, OUT / "05_phase_diagram.png")
 
 # %% [markdown]
-# Three regions, as in Elhage et al.'s figure. Dense data (top rows) never pay for superposition: the dimension
-# goes to the more important feature, feature 0 on the left (r < 1, feature 1 not represented) and feature 1 on
-# the right (r > 1, dedicated). Sparse data (bottom rows) put both features in the one dimension, and the
-# superposition region widens as the density falls: the rarer the features, the more unequal their importances may
-# be and still share. A few cells near the boundaries can land on either side from one run to the next: there the
+# Three regions, as in Elhage et al.'s figure. Dense data (the top of the figure; the last rows printed) never pay
+# for superposition: the dimension goes to the more important feature, feature 0 on the left (r < 1, feature 1 not
+# represented) and feature 1 on the right (r > 1, dedicated). Sparse data put both features in the one dimension,
+# and the superposition region widens as the density falls: the rarer the features, the more unequal their
+# importances may be and still share. A few cells near the boundaries can land on either side from one run to the next: there the
 # two options cost nearly the same.
 
 # %% [markdown]
