@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import minimech
+import minimech.analysis  # the toolkit: its versions of this lesson's exercises, "in practice", after each one
 from minimech import plot
 from minimech.loading import WeightsNotFoundError
 from minimech.notebook import show
