@@ -123,11 +123,8 @@ def cmd_info(args) -> int:
     width = max(map(len, fields))
     for name, value in fields.items():
         print(f"  {name:<{width}}  {value}")
-    actual = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {actual:,} in the model; cfg.n_params() = {cfg.n_params():,} "
-          f"(without embeddings {cfg.n_params(embeddings=False):,})")
-    if actual != cfg.n_params():
-        print(f"  note: the model holds {actual - cfg.n_params():+,} parameters more than the config predicts")
+    for line in parameter_lines(model):
+        print(line)
     tok = model.tokenizer
     if tok is None:
         print("tokenizer: none (the model takes token ids only)")
@@ -140,6 +137,20 @@ def cmd_info(args) -> int:
     if tok is not None and tok.n_vocab != cfg.d_vocab:
         print(f"  note: the tokenizer has {tok.n_vocab:,} tokens but the model's d_vocab is {cfg.d_vocab:,}")
     return 0
+
+
+def parameter_lines(model) -> list[str]:
+    """The parameter count as Hugging Face reports it (a W_U tied to W_E counted once; 124,439,808 for GPT-2 small),
+    TransformerLens's cfg.n_params, and what minimech stores (W_U apart from W_E, and b_U)."""
+    stored = sum(p.numel() for p in model.parameters())
+    W_E, W_U, b_U = model.embed.W_E, model.unembed.W_U, model.unembed.b_U
+    tied = W_U.shape == W_E.T.shape and bool(torch.equal(W_U, W_E.T))
+    no_bias = not bool(b_U.any())
+    unique = stored - tied * W_U.numel() - no_bias * b_U.numel()
+    why = [what for what, yes in (("W_U is W_E transposed, counted once", tied), ("b_U is zero", no_bias)) if yes]
+    return [f"parameters: {unique:,}" + (f" ({'; '.join(why)}, as Hugging Face counts GPT-2)" if why else ""),
+            f"  TransformerLens's cfg.n_params: {model.cfg.n_params:,} (attention and MLP weight matrices only)",
+            f"  stored by minimech: {stored:,} (W_U apart from W_E, so either can be edited alone, and b_U)"]
 
 
 @command("run", "run a prompt: its tokens, the top-k next tokens, and optionally a greedy continuation",
