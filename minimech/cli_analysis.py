@@ -22,12 +22,17 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
     model_arg = arg("--model", default=None, help=model_help)
 
     @command("lens", "the logit lens (or the tuned lens) of a prompt: top token per layer and position, as a PNG",
-             arg("prompt"), model_arg, arg("--tuned", action="store_true", help="use the model's tuned lens"),
+             arg("prompt"), model_arg,
+             arg("--tuned", action="store_true", help="use the model's tuned lens (shipped beside a shipped model; "
+                                                      "for another, where `minimech tuned-lens MODEL` saved it)"),
+             arg("--lens-file", default=None, metavar="FILE",
+                 help="a tuned lens file to use (implies --tuned), e.g. one `minimech tuned-lens MODEL --out FILE` "
+                      "wrote; it must have been trained for this model's weights"),
              arg("-k", type=int, default=3, help="top tokens to print at the last position (default 3)"),
              arg("--out", default="minimech-out/lens.png", metavar="PNG"))
     def cmd_lens(args) -> int:
         from . import plot
-        from .analysis import logit_lens, tuned_lens_for
+        from .analysis import TunedLens, logit_lens, tuned_lens_for
 
         if args.k < 1:  # before loading the model; the upper bound needs it
             raise MinimechError(f"-k must be at least 1, got {args.k}")
@@ -35,7 +40,9 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         if args.k > model.cfg.d_vocab:
             raise MinimechError(f"-k must be between 1 and the model's vocabulary size {model.cfg.d_vocab}, "
                                 f"got {args.k}")
-        lens = tuned_lens_for(model) if args.tuned else None
+        args.tuned = args.tuned or args.lens_file is not None
+        lens = None if not args.tuned else tuned_lens_for(model) if args.lens_file is None else \
+            TunedLens.load(args.lens_file, model)
         result = logit_lens(model, args.prompt, pos=None, k=args.k, lens=lens)
         probs, cells = result.grid()
         str_tokens = model.to_str_tokens(args.prompt)
@@ -141,22 +148,28 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
              arg("model", nargs="?", default=None, help=model_help),
              arg("--steps", type=int, default=300, help="AdamW steps (default 300)"),
              arg("--seed", type=int, default=0, help="seed for the corpus text and the batches (default 0)"),
+             arg("--docs", type=int, default=None, metavar="N",
+                 help="corpus documents to train on (default 800; N // 2 more are held out for the figures)"),
              arg("--out", default=None, metavar="FILE",
-                 help="where to save (default, for a shipped model: weights/NAME/tuned_lens.safetensors)"),
+                 help="where to save (default: weights/NAME/tuned_lens.safetensors for a shipped model, else "
+                      "./minimech-out/tuned-lens/NAME.safetensors, where `lens --tuned` looks)"),
              arg("--threads", type=int, default=None, help="torch threads (default: torch's choice)"))
     def cmd_tuned_lens(args) -> int:
         from .analysis.tuned_lens import train_tuned_lens, tuned_lens_path
 
         if args.steps < 1:
             raise MinimechError(f"--steps must be at least 1, got {args.steps}")
+        if args.docs is not None and args.docs < 2:
+            raise MinimechError(f"--docs must be at least 2, got {args.docs}")
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         model = load_model(args.model)
-        out = args.out or tuned_lens_path(model)  # a model without a shipped folder needs --out
-        lens = train_tuned_lens(model, steps=args.steps, seed=args.seed)
-        path = lens.save(out)
+        out = Path(args.out) if args.out else tuned_lens_path(model)
+        print(f"training the tuned lens of {model.cfg.model_name} ({model.cfg.n_layers} layers); it is saved to "
+              f"{out} (+ .json) as soon as it is trained, then again with its held-out figures", flush=True)
+        lens = train_tuned_lens(model, steps=args.steps, seed=args.seed, save_to=out, docs=args.docs)
         kl = lens.info["kl_nats"]
-        print(f"trained the tuned lens in {lens.info['training']['wall_time_s']:.0f} s; saved to {path} (+ .json)")
+        print(f"trained the tuned lens in {lens.info['training']['wall_time_s']:.0f} s; saved to {out} (+ .json)")
         print("held-out KL(final || lens) in nats:")
         print_table(["point", "logit lens", "tuned lens"],
                     [[label, f"{a:.3f}", f"{b:.3f}"] for label, a, b in
