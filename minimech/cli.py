@@ -100,7 +100,7 @@ def print_table(header: list[str], rows: list[list], align: str) -> None:
 def cmd_tour(args) -> int:
     from .tour import run_tour
 
-    tour = run_tour(folder_option(args.out))
+    tour = run_tour(folder_option(args.out), progress=True)
     for section in tour.sections:
         print(f"\n== {section.title}")
         for line in section.lines:

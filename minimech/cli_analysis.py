@@ -18,6 +18,13 @@ from .errors import MinimechError
 MODEL_FLAG = ("--model",)
 
 
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr for work that may take more than a few seconds (GPT-2-sized models)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
 def register(command, arg, print_table, load_model, model_help: str) -> None:
     model_arg = arg("--model", default=None, help=model_help)
 
@@ -96,7 +103,9 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         grid = torch.cat([s for s in scores.values()], dim=1)  # [n_layers, 3 * n_heads]
         columns = [f"{kind.split('_')[0][:4]} H{h}" for kind in scores for h in range(model.cfg.n_heads)]
         path = plot.heatmap(grid, [f"L{l}" for l in range(model.cfg.n_layers)], columns, args.out,
-                            title="head detector scores (repeated random tokens)", cmap="Blues", center=None)
+                            title="head detector scores (repeated random tokens)", cmap="Blues", center=None,
+                            xlabel="detector (prev: previous-token, dupl: duplicate-token, indu: induction) and head",
+                            ylabel="layer", cbar_label="score: mean attention to the detector's key (0 to 1)")
         rows = []
         for kind, s in scores.items():
             best = s.flatten().topk(min(3, s.numel()))
@@ -128,16 +137,23 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         else:
             ds = ioi_dataset(model, n=1, seed=0)
             clean, corrupt, metric = ds.tokens, ds.abc().tokens, ds.logit_diff()
-        resid = patch_resid(model, clean, corrupt, metric, normalise=True)  # [n_layers, pos]
-        heads = patch_heads(model, clean, corrupt, metric, normalise=True)  # [n_layers, n_heads]
+        with progress_bar(2, "patching (resid_pre by position, then heads)") as bar:
+            resid = patch_resid(model, clean, corrupt, metric, normalise=True)  # [n_layers, pos]
+            bar.update()
+            heads = patch_heads(model, clean, corrupt, metric, normalise=True)  # [n_layers, n_heads]
+            bar.update()
         str_tokens = model.to_str_tokens(clean[0])
         print(f"clean:   {model.to_string(clean[0])!r}\ncorrupt: {model.to_string(corrupt[0])!r}")
         prefix = Path(args.out)
         layers = [f"L{l}" for l in range(model.cfg.n_layers)]
+        effect = "patched logit difference, normalised (0 = corrupted run, 1 = clean run)"
         p1 = plot.heatmap(resid, layers, [repr(s) for s in str_tokens], f"{prefix}_resid.png",
-                          title="resid_pre patched clean -> corrupt (1 = clean behaviour)")
+                          title="resid_pre patched clean -> corrupt (1 = clean behaviour)",
+                          xlabel="position patched (clean token)", ylabel="layer (resid_pre of the block)",
+                          cbar_label=effect)
         p2 = plot.heatmap(heads, layers, [f"H{h}" for h in range(model.cfg.n_heads)], f"{prefix}_heads.png",
-                          title="head outputs patched clean -> corrupt (all positions)")
+                          title="head outputs patched clean -> corrupt (all positions)", xlabel="head",
+                          ylabel="layer", cbar_label=effect)
         top = heads.flatten().abs().topk(min(5, heads.numel())).indices.tolist()
         print_table(["head", "patched effect"], [[f"L{i // heads.shape[1]}H{i % heads.shape[1]}",
                                                   f"{heads.flatten()[i]:+.2f}"] for i in top], "<>")
