@@ -68,9 +68,19 @@ def check_published(path) -> str | None:
     return name
 
 
-def fingerprint(model) -> torch.Tensor:
-    """One float64 sum per parameter: enough to tell that weights changed after loading (fold_ln, an edit)."""
-    return torch.stack([p.detach().sum(dtype=torch.float64).cpu() for p in model.parameters()])
+def fingerprint(model) -> tuple:
+    """What tells, later, that the weights changed after loading (fold_ln, an edit): each parameter's storage and
+    in-place version counter (free to read), and one float32 sum per parameter (for a model that was copied or moved,
+    whose storage differs)."""
+    params = [p.detach() for p in model.parameters()]
+    return [(p.data_ptr(), p._version) for p in params], torch.stack([p.float().sum().cpu() for p in params])
+
+
+def _unchanged(model) -> bool:
+    storage, sums = model.published_fingerprint
+    if [(p.detach().data_ptr(), p._version) for p in model.parameters()] == storage:
+        return True
+    return torch.allclose(fingerprint(model)[1], sums, rtol=1e-5, atol=1e-5)
 
 
 @dataclass(frozen=True)
@@ -95,23 +105,21 @@ def identify_gpt2(model) -> GPT2Identity:
 
     cfg = model.cfg
     checkpoint = next((name for name, preset in PRESETS.items() if shape(preset) == shape(cfg)), None)
-    published = getattr(model, "published_as", None)
     if checkpoint is None:
         return GPT2Identity(None, False, f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab "
                                          f"{cfg.d_vocab} is none of the official GPT-2 checkpoints (not GPT-2 small)")
-    if published != checkpoint:
-        return GPT2Identity(checkpoint, False, f"{checkpoint}'s architecture, but its weights were not checked "
-                            f"against the sha256 of {checkpoint}'s published file: it was loaded from "
-                            f"{model.source}, a file weights/gpt2-manifest.json does not list (or with verify off)"
-                            + ("" if checkpoint != "gpt2" else "; the published model.safetensors from "
-                               "`minimech fetch gpt2` is recognised"))
-    now = fingerprint(model)
-    if not torch.allclose(now, model.published_fingerprint.to(now.dtype), rtol=1e-5, atol=1e-6):
-        return GPT2Identity(checkpoint, False, f"{checkpoint}'s published weights, changed since loading (a weight "
-                                               "transform or an edit)")
+    published = getattr(model, "published_as", None) == checkpoint and _unchanged(model)
     if checkpoint != "gpt2":
-        return GPT2Identity(checkpoint, True, f"{checkpoint}, not GPT-2 small: the papers' GPT-2-small figures do "
-                                              "not apply to it")
+        return GPT2Identity(checkpoint, published, f"{checkpoint}, not GPT-2 small: the papers' GPT-2-small figures "
+                                                   "do not apply to it")
+    if getattr(model, "published_as", None) != checkpoint:
+        return GPT2Identity(checkpoint, False, f"GPT-2 small's architecture, but its weights were not checked against "
+                            f"the sha256 of GPT-2 small's published file: it was loaded from {model.source}, a file "
+                            "weights/gpt2-manifest.json does not list (or with verify off); the published "
+                            "model.safetensors that `minimech fetch gpt2` downloads is recognised")
+    if not published:
+        return GPT2Identity(checkpoint, False, "GPT-2 small's published weights, changed since loading (a weight "
+                                               "transform or an edit)")
     return GPT2Identity(checkpoint, True, "GPT-2 small: its weights file matched the manifest's sha256")
 
 
