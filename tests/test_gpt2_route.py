@@ -116,7 +116,8 @@ CHILD = textwrap.dedent("""
         print("RESULT " + json.dumps(results[-1]), file=sys.stderr, flush=True)
 """)
 
-# (argv, seconds allowed on a 2-core machine): generous, about 3x what was measured there
+# (argv, seconds allowed on a 2-core machine): generous, about 3x what was measured there on a quiet machine (the
+# tuned lens: 2 x 2 KL figures over one row of 1,024 tokens, at 13 x 50,257 log-probs each, dominate its time)
 COMMANDS = [
     (["info", "{model}"], 30),
     (["run", "When Mary and John went to the store, John gave a drink to", "--model", "{model}", "--generate", "5"],
@@ -127,7 +128,7 @@ COMMANDS = [
       "{out}/attention.png"], 30),
     (["heads", "--model", "{model}", "--out", "{out}/heads.png"], 60),
     (["patch", "--model", "{model}", "--out", "{out}/patch"], 120),
-    (["tuned-lens", "{model}", "--steps", "2", "--docs", "6", "--threads", "2"], 240),
+    (["tuned-lens", "{model}", "--steps", "1", "--docs", "2", "--threads", "2"], 600),
     (["lens", "The cat sat on the mat", "--model", "{model}", "--tuned", "--out", "{out}/tuned.png"], 45),
     (["lens", "The cat sat on the mat", "--model", "{model}", "--lens-file",
       "minimech-out/tuned-lens/gpt2.safetensors", "--out", "{out}/tuned2.png"], 45),

@@ -35,6 +35,7 @@ from .lens import LensResult, final_points, kl_to, lens_kl, logit_lens, position
 
 FORMAT = "minimech-tuned-lens"
 LENS_DOCS, HELDOUT_DOCS = 800, 400  # corpus documents for training and measuring (~570 and ~280 rows of 64)
+FIGURE_TOKENS = 8192  # tokens of training and of held-out text the KL figures in the JSON are measured on
 FILE = "tuned_lens.safetensors"  # the name beside a shipped model: weights/NAME/tuned_lens.safetensors (+ .json)
 
 
@@ -248,8 +249,10 @@ def _step_loss(model, lens: TunedLens, points: torch.Tensor) -> float:
 
 
 def _kl_figures(model, lens: TunedLens, train: torch.Tensor, heldout: torch.Tensor, progress: bool) -> dict:
-    # a sample of the training text as large as the held-out set (in tokens, at least 64 rows): for comparing
-    train = train[: max(heldout.numel() // train.shape[1], 64)]
+    # the same number of training and held-out tokens, FIGURE_TOKENS at most: on GPT-2 each token's figures cost
+    # 13 x 50,257 log-probs per lens, so the whole held-out set would take longer than the training
+    rows = max(1, FIGURE_TOKENS // train.shape[1])
+    train, heldout = train[:rows], heldout[:rows]
 
     def rounded(t):
         return [round(x, 5) for x in t.tolist()]
