@@ -279,9 +279,10 @@ class GPT(TransformerLensMixin, HookedModule):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
-        if return_type is None:
+        normalized = self.ln_final(resid)  # [batch, pos, d_model]
+        if return_type is None:  # as TransformerLens: ln_final's hooks run, the unembedding does not
             return None
-        logits = self.unembed(self.ln_final(resid))  # [batch, pos, d_vocab]
+        logits = self.unembed(normalized)  # [batch, pos, d_vocab]
         if return_type == "logits":
             return logits
         if tokens is None:
