@@ -51,7 +51,7 @@ def register(command, arg, print_table, load_model) -> None:
         if args.action == "eval":
             from .sae import evaluate_sae
 
-            metrics = evaluate_sae(model, sae)
+            metrics = evaluate_sae(model, sae, progress=True)
             _print_metrics(metrics, print_table)
             if args.density:
                 from .sae.dashboard import draw_density

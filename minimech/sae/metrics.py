@@ -74,8 +74,11 @@ def replace_hook(sae: SparseAutoencoder, keep: torch.Tensor | None = None, zero:
 
 @torch.no_grad()
 def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = None, batch_size: int = 32,
-                 exclude_special: bool = True) -> SAEMetrics:
-    """Every metric above, over tokens [rows, pos] (default: eval_rows(model), held-out documents)."""
+                 exclude_special: bool = True, progress: bool = False) -> SAEMetrics:
+    """Every metric above, over tokens [rows, pos] (default: eval_rows(model), held-out documents); progress: a
+    tqdm bar over the batches (three forwards each)."""
+    from ..notebook import tqdm
+
     hook = check_hook(model, sae.hook)
     if tokens is None:
         tokens = eval_rows(model)
@@ -84,7 +87,7 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
             "n_ce": 0}
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    for rows in tokens.split(batch_size):
+    for rows in tqdm(tokens.split(batch_size), desc=f"evaluating the SAE on {sae.hook}", disable=not progress):
         special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
         keep = ~special  # [batch, pos]
         logits, cache = model.run_with_cache(rows, names=[hook])

@@ -71,7 +71,7 @@ def train_shipped(model, hook: str | None = None, settings: SAETrainSettings | N
         raise SAEError(f"{folder} is a file; an SAE is saved into a folder")
     start = time.perf_counter()
     sae = train_sae(model, hook, settings or SHIPPED_SETTINGS, progress=progress)
-    metrics = evaluate_sae(model, sae)
+    metrics = evaluate_sae(model, sae, progress=progress)
     record(sae, metrics)
     if out is None:  # the shipped recipe, written where sae_for finds it
         sae.cfg.training["command"] = f"minimech sae train --model {_model_name(model)} --ship" + (

@@ -212,9 +212,8 @@ def train_sae(model, hook: str, settings: SAETrainSettings | None = None, tokens
     model without a tokenizer). stream: any iterator of activation batches [batch, d_in] (e.g. cached activations).
     The config records the settings, the data, the wall time and a short history (loss, L0, dead fraction).
     """
-    from tqdm import tqdm
-
     from ..analysis.tuned_lens import model_sha256
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     settings = replace(settings or SAETrainSettings(), **overrides)
     if settings.activation == "topk" and settings.k is None:
