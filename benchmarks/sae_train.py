@@ -1,7 +1,7 @@
 """SAE training throughput on cached activations: minimech.sae.train_sae against SAELens's SAETrainer, one run.
 
     pip install -e ".[peers]"          # sae-lens 6.54.12, with torch==2.13.0 installed first (../shared/PEERS.md)
-    python benchmarks/sae_train.py [--tokens 131072 --steps 120 --threads 2]
+    python benchmarks/sae_train.py [--tokens 131072 --steps 150 --threads 1 --repeats 1]
 
 Data: the default model's middle-MLP activations (blocks.{n_layers // 2}.mlp.hook_post) on corpus text, cached
 once; both trainers read the same batches in the same order from that tensor (an iterator over it), so the figure is
@@ -91,10 +91,10 @@ def quality(sae, held_out: torch.Tensor) -> tuple[float, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=131072, help="cached activations to train on")
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per trainer (median reported)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per trainer (median reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (on a shared machine one is steadier)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import sae_lens

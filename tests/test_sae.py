@@ -32,7 +32,16 @@ def random_sae(d_in: int, d_sae: int, hook: str = HOOK, activation: str = "relu"
 
 @pytest.fixture(scope="module")
 def mini():
-    return minimech.load("mini-4l")
+    """The default shipped model (its middle MLP is where the shipped SAE and lesson 07 read)."""
+    return minimech.load()
+
+
+def middle(model) -> tuple[str, int, int]:
+    """(the middle MLP's hook_post, its layer, d_mlp)."""
+    from minimech.sae.shipped import default_hook
+
+    hook = default_hook(model)
+    return hook, int(hook.split(".")[1]), model.cfg.d_mlp
 
 
 # ---- the autoencoder's maths ---------------------------------------------------------------------------------------
@@ -175,15 +184,16 @@ def test_training_reconstructs_and_never_changes_the_model(activation, k):
 
 
 def test_activation_stream_is_bounded_shuffled_and_skips_special_tokens(mini):
-    stream = ActivationStream(mini, "blocks.2.hook_resid_pre", batch_size=512, buffer_size=4096, seed=0)
+    resid = f"blocks.{middle(mini)[1]}.hook_resid_pre"
+    stream = ActivationStream(mini, resid, batch_size=512, buffer_size=4096, seed=0)
     batches = [next(stream) for _ in range(12)]
-    assert all(b.shape == (512, 64) for b in batches)
+    assert all(b.shape == (512, mini.cfg.d_model) for b in batches)
     assert len(stream.buffer) <= 4096 + stream.chunk_documents * mini.cfg.n_ctx  # memory: a buffer + one chunk
     assert stream.chunk >= 2  # refilled from fresh documents
     rows = torch.tensor([[mini.tokenizer.bos_id] + mini.tokenizer.encode(" Mary went to the park")])
-    acts = collect_activations(mini, "blocks.2.hook_resid_pre", rows)
-    _, cache = mini.run_with_cache(rows, names=["blocks.2.hook_resid_pre"])
-    torch.testing.assert_close(acts, cache["blocks.2.hook_resid_pre"][0, 1:])  # the BOS left out
+    acts = collect_activations(mini, resid, rows)
+    _, cache = mini.run_with_cache(rows, names=[resid])
+    torch.testing.assert_close(acts, cache[resid][0, 1:])  # the BOS left out
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------------
@@ -191,8 +201,8 @@ def test_activation_stream_is_bounded_shuffled_and_skips_special_tokens(mini):
 def test_metrics_match_the_formulas_written_out(mini):
     """L0, variance explained, CE losses and density from plain tensors, <|endoftext|> positions excluded as SAELens
     excludes special tokens (the prediction made at one, and the activation there is not replaced)."""
-    hook = "blocks.2.mlp.hook_post"
-    sae = random_sae(256, 300, hook=hook, seed=3)
+    hook, _, d_mlp = middle(mini)
+    sae = random_sae(d_mlp, 300, hook=hook, seed=3)
     with torch.no_grad():
         sae.b_enc.sub_(1.0)  # sparse-ish
     eot = mini.tokenizer.eot_id
@@ -302,11 +312,11 @@ def test_clamp_scale_positions_and_steering():
 # ---- features ----------------------------------------------------------------------------------------------------
 
 def test_feature_views_read_the_weights_and_the_unembedding(mini):
-    hook = "blocks.2.mlp.hook_post"
-    sae = random_sae(256, 64, hook=hook, seed=8).bind(mini)
+    hook, layer, d_mlp = middle(mini)
+    sae = random_sae(d_mlp, 64, hook=hook, seed=8).bind(mini)
     feature = sae.features[5]
     assert torch.equal(feature.encoder, sae.W_enc[:, 5]) and torch.equal(feature.decoder, sae.W_dec[5])
-    want = (sae.W_dec[5] @ mini.blocks[2].mlp.W_out) @ mini.W_U  # through W_out, then the unembedding
+    want = (sae.W_dec[5] @ mini.blocks[layer].mlp.W_out) @ mini.W_U  # through W_out, then the unembedding
     torch.testing.assert_close(feature.logits(), want.detach(), atol=1e-5, rtol=0)
     top = feature.top_tokens(3)
     assert [v for _, v in top] == sorted(want.topk(3).values.tolist(), reverse=True)
@@ -318,12 +328,12 @@ def test_feature_views_read_the_weights_and_the_unembedding(mini):
     with pytest.raises(IndexError, match="has 64 features"):
         sae.features[64]
     with pytest.raises(SAEError, match="the cache has no"):
-        feature.activation(mini.run_with_cache(tokens, names=["blocks.1.hook_resid_pre"])[1])
+        feature.activation(mini.run_with_cache(tokens, names=["blocks.0.hook_resid_pre"])[1])
 
 
 def test_top_contexts_are_the_largest_activations_of_plain_forwards(mini):
-    hook = "blocks.2.mlp.hook_post"
-    sae = random_sae(256, 64, hook=hook, seed=8).bind(mini)
+    hook, _, d_mlp = middle(mini)
+    sae = random_sae(d_mlp, 64, hook=hook, seed=8).bind(mini)
     feature = sae.features[11]
     contexts = feature.top_contexts(3, n_documents=40)
     from minimech.sae.features import document_tokens
@@ -344,7 +354,7 @@ def test_top_contexts_are_the_largest_activations_of_plain_forwards(mini):
 def test_context_kinds_and_diversity(mini):
     assert context_kind(" Mary") == "name" and context_kind(" Paris") == "capital"
     assert context_kind(" France") == "country" and context_kind(" to") == "' to'"
-    neuron = context_diversity(mini.blocks[2].mlp.memories[7], top=10, n_documents=40)
+    neuron = context_diversity(mini.blocks[middle(mini)[1]].mlp.memories[7], top=10, n_documents=40)
     n = sum(neuron.kinds.values())
     assert 1 <= n <= 10  # the top 10 positions where it fires (a GELU neuron may fire positively on fewer)
     shares = [c / n for c in neuron.kinds.values()]
@@ -355,7 +365,8 @@ def test_context_kinds_and_diversity(mini):
 # ---- files and errors ------------------------------------------------------------------------------------------------
 
 def test_save_load_round_trip_and_damaged_or_foreign_files(tmp_path, mini):
-    sae = random_sae(256, 64, hook="blocks.2.mlp.hook_post", activation="topk", k=5, seed=9)
+    hook, _, d_mlp = middle(mini)
+    sae = random_sae(d_mlp, 64, hook=hook, activation="topk", k=5, seed=9)
     from minimech.analysis.tuned_lens import model_sha256
 
     sae.cfg.model_sha256, sae.cfg.metrics = model_sha256(mini), {"l0": 5.0}
@@ -366,7 +377,7 @@ def test_save_load_round_trip_and_damaged_or_foreign_files(tmp_path, mini):
         assert torch.equal(p, getattr(back, name)), name
     assert back.cfg == sae.cfg and torch.equal(back.feature_density, sae.feature_density)
     assert back.model is mini
-    x = torch.randn(4, 256)
+    x = torch.randn(4, d_mlp)
     assert torch.equal(back.encode(x), sae.encode(x))
 
     other = random_model(ODD)
@@ -397,11 +408,11 @@ def test_bad_inputs_get_one_clear_error(mini):
     with pytest.raises(SAEError, match="choose 'relu'"):
         SAEConfig(13, 20, HOOK, "gelu")
     with pytest.raises(SAEError, match="needs k"):
-        train_sae(mini, "blocks.2.mlp.hook_post", activation="topk")
+        train_sae(mini, middle(mini)[0], activation="topk")
     with pytest.raises(SAEError, match="attention patterns"):
         train_sae(mini, "blocks.1.attn.hook_pattern")
     with pytest.raises(Exception, match="did you mean"):
-        train_sae(mini, "blocks.2.mlp.hook_psot")
+        train_sae(mini, middle(mini)[0].replace("post", "psot"))
     with pytest.raises(SAEError, match="less than one batch"):
         SAETrainSettings(training_tokens=100, batch_size=4096)
     model = random_model(ODD)
@@ -441,10 +452,10 @@ def test_shipped_sae_card_figures_are_what_evaluate_sae_measures(card):
 def test_cli_sae_feature_eval_and_errors(tmp_path, capsys):
     from minimech.cli import main
 
-    sae = random_sae(64, 128, hook="blocks.1.hook_resid_pre", seed=3)
     from minimech.analysis.tuned_lens import model_sha256
 
     model = minimech.load("attn-only-2l")
+    sae = random_sae(model.cfg.d_model, 128, hook="blocks.1.hook_resid_pre", seed=3)
     sae.cfg.model_name, sae.cfg.model_sha256 = "attn-only-2l", model_sha256(model)
     sae.save(tmp_path / "s")
     assert main(["sae", "feature", str(tmp_path / "s"), "7", "--out", str(tmp_path / "f.png")]) == 0

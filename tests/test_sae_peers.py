@@ -19,14 +19,15 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def models():
-    """mini-4l, and a HookedTransformer holding its weights (minimech's parameter names are TransformerLens's)."""
+    """The default shipped model, and a HookedTransformer holding its weights (minimech's parameter names are
+    TransformerLens's)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    ours = minimech.load("mini-4l")
+    ours = minimech.load()
     c = ours.cfg
     tl = HookedTransformer(HookedTransformerConfig(
         n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, n_heads=c.n_heads, d_head=c.d_head, d_mlp=c.d_mlp,
-        d_vocab=c.d_vocab, act_fn="gelu_new", normalization_type="LN", eps=c.eps))
+        d_vocab=c.d_vocab, act_fn=c.act_fn, normalization_type="LN", eps=c.eps))
     missing, unexpected = tl.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(("IGNORE", "mask")) for k in missing), (missing, unexpected)
     return ours, tl.eval()
@@ -55,13 +56,19 @@ def make(d_in: int, d_sae: int, hook: str, activation: str, k=None):
     return ours.eval(), theirs.eval()
 
 
-CASES = [("blocks.2.mlp.hook_post", "relu", None), ("blocks.2.mlp.hook_post", "topk", 12),
-         ("blocks.1.hook_resid_pre", "relu", None)]
+CASES = [("middle MLP", "relu", None), ("middle MLP", "topk", 12), ("blocks.1.hook_resid_pre", "relu", None)]
+
+
+def resolve(model, hook: str) -> str:
+    from minimech.sae.shipped import default_hook
+
+    return default_hook(model) if hook == "middle MLP" else hook
 
 
 @pytest.mark.parametrize("hook,activation,k", CASES)
 def test_saelens_encodes_and_decodes_alike(models, hook, activation, k):
     model, _ = models
+    hook = resolve(model, hook)
     _, cache = model.run_with_cache(tokens_of(model, 8), names=[hook])
     x = cache[hook]
     ours, theirs = make(x.shape[-1], 4 * x.shape[-1], hook, activation, k)
@@ -74,7 +81,7 @@ def test_saelens_encodes_and_decodes_alike(models, hook, activation, k):
 
 @pytest.mark.parametrize("hook,activation,k", CASES[:2] + [("shipped", "relu", None)])
 def test_saelens_evals_give_our_metrics(models, hook, activation, k):
-    """Random SAEs, and the SAE shipped beside mini-4l (a trained one: CE loss recovered near 1)."""
+    """Random SAEs, and the SAE shipped beside the model (a trained one: CE loss recovered near 1)."""
     from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics
     from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -86,10 +93,11 @@ def test_saelens_evals_give_our_metrics(models, hook, activation, k):
         try:
             ours = sae_for(model)
         except Exception as e:
-            pytest.skip(f"no SAE shipped for mini-4l: {e}")
+            pytest.skip(f"no SAE shipped for the default model: {e}")
         _, theirs = make(ours.cfg.d_in, ours.cfg.d_sae, ours.hook, "relu")
         theirs.load_state_dict({name: p.detach().clone() for name, p in ours.named_parameters()})
     else:
+        hook = resolve(model, hook)
         width = model.run_with_cache(tokens[:1], names=[hook])[1][hook].shape[-1]
         ours, theirs = make(width, 4 * width, hook, activation, k)
 

@@ -39,18 +39,20 @@ from pathlib import Path
 import torch
 
 import minimech
+from minimech.notebook import show
 from minimech.sae import SAEConfig, SparseAutoencoder, collect_activations, corpus_rows, evaluate_sae
 from minimech.sae.features import context_diversity, context_kind, document_tokens, top_contexts
 from minimech.sae.interventions import splice
-from minimech.notebook import show
 from minimech.sae.shipped import default_hook, sae_for
 
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "mini-4l"
 OUT = Path("minimech-out")
-# Training steps of your small SAE. MINIMECH_QUICK=1 (the test suite's smoke run) takes 40: the script runs top to
-# bottom, but the SAE is then too young for the figures the lesson discusses.
-STEPS = 40 if os.environ.get("MINIMECH_QUICK") else 200
+# Training steps of your small SAE, and held-out documents read for features. MINIMECH_QUICK=1 (the test suite's
+# smoke run) takes 40 steps and fewer documents: the script runs top to bottom, but the SAE is then too young for the
+# figures the lesson discusses.
+QUICK = bool(os.environ.get("MINIMECH_QUICK"))
+STEPS, TRAIN_DOCS, READ_DOCS = (40, 300, 100) if QUICK else (200, 1000, 300)
 
 
 def parse_args():
@@ -199,7 +201,7 @@ def train_small_sae(acts: torch.Tensor, d_sae: int, steps: int, batch: int = 102
 
 if MAIN:
     wide = model.cfg.d_mlp > 512  # GPT-2's 3,072 neurons: fewer documents and smaller batches, same number of steps
-    acts = collect_activations(model, HOOK, corpus_rows(model, 300 if wide else 1000, seed=1))  # [tokens, d_mlp]
+    acts = collect_activations(model, HOOK, corpus_rows(model, min(300, TRAIN_DOCS) if wide else TRAIN_DOCS, seed=1))
     held_out = collect_activations(model, HOOK, corpus_rows(model, 200, seed=2))
     print(f"\n{len(acts):,} training activations of {acts.shape[1]} neurons; {len(held_out):,} held out")
     mine = None
@@ -363,7 +365,7 @@ def feature_logit_effect(model, layer: int, direction: torch.Tensor) -> torch.Te
 
 
 # %%
-def all_feature_activations(model, sae, n_documents: int = 300):
+def all_feature_activations(model, sae, n_documents: int = READ_DOCS):
     """(tokens [n, pos], features [n, pos, d_sae], neurons [n, pos, d_in], real [n, pos]) over held-out documents;
     real is False at the BOS and on the padding, where both activations are set to 0."""
     tokens, real = document_tokens(model, n_documents)
@@ -414,7 +416,7 @@ if MAIN and sae is not None:
             print(f"\n   feature {i}: fires on {density[i]:.1%} of tokens; promotes {promoted}")
             for context in top_contexts(model, doc_tokens, doc_f[..., i], 5):
                 print(f"      {context.activation:6.2f}  {context.marked(50)!r}")
-        path = show(sae.features[chosen[0]].dashboard(OUT / "07_feature_dashboard.png"))
+        path = show(sae.features[chosen[0]].dashboard(OUT / "07_feature_dashboard.png", n_documents=READ_DOCS))
         print(f"\n   a dashboard (histogram, contexts, logit effects): {path}")
 
 # %% [markdown]
@@ -453,9 +455,9 @@ if MAIN and sae is not None:
     if chosen:
         feature = sae.features[chosen[0]]
         neuron = int(sae.W_dec[chosen[0]].abs().argmax())  # the neuron that carries most of its direction
-        print(f"   {context_diversity(feature, model)}")
-        print(f"   {context_diversity(model.blocks[LAYER].mlp.memories[neuron])} (the neuron carrying most of "
-              f"feature {chosen[0]}'s decoder direction)")
+        print(f"   {context_diversity(feature, model, n_documents=READ_DOCS)}")
+        print(f"   {context_diversity(model.blocks[LAYER].mlp.memories[neuron], n_documents=READ_DOCS)} (the neuron "
+              f"carrying most of feature {chosen[0]}'s decoder direction)")
 
 # %% [markdown]
 # Look at the neuron's contexts (`top_contexts(model, doc_tokens, doc_neurons[..., neuron], 20)`) next to the
@@ -513,7 +515,7 @@ def removal_estimates(model, sae, tokens: torch.Tensor, real: torch.Tensor) -> t
 
 if MAIN and sae is not None:
     rows = slice(0, 120)
-    estimate = removal_estimates(model, sae, doc_tokens[rows], doc_real[rows])  # [120, pos, d_sae]
+    estimate = removal_estimates(model, sae, doc_tokens[rows], doc_real[rows])  # [<=120, pos, d_sae]
     fires = doc_f[rows] > 0
     score = estimate.sum((0, 1)) / fires.sum((0, 1)).clamp_min(1)  # mean over firing positions
     score[density < min(0.01, float(density.max()))] = -float("inf")  # frequent enough to measure
@@ -542,9 +544,9 @@ if MAIN and sae is not None:
                                  sae.b_dec.detach(), target).log_softmax(-1)
         top = clean.argmax(-1, keepdim=True)  # [n, pos, 1]
         drop = (clean.gather(-1, top) - ablated.gather(-1, top))[..., 0]  # [n, pos]
-        here = doc_f[:120, :, target] > 0
+        here = doc_f[:len(rows), :, target] > 0
         print(f"   log-prob of the top token falls by {drop[here].mean():.3f} nats where the feature fires "
-              f"({int(here.sum())} positions) and {drop[doc_real[:120] & ~here].mean():.3f} elsewhere; "
+              f"({int(here.sum())} positions) and {drop[doc_real[:len(rows)] & ~here].mean():.3f} elsewhere; "
               f"your prediction: {prediction_4}")
         with splice(model, sae, ablate=[target]), torch.no_grad():
             toolkit = model(rows).log_softmax(-1)
