@@ -4,6 +4,8 @@ ordered them, not against the card's own figures."""
 
 import json
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,11 +52,15 @@ def attn_only_metrics():
     return induction_metrics(model, token_pool=token_pool(model.tokenizer))
 
 
+# The training budget each model was ordered with (minutes on a 2-core CPU machine).
+BUDGET_MINUTES = {"attn-only-2l": 30, "mini-4l": 30, "story-4l": 60}
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_trained_within_30_minutes(name):
+def test_trained_within_its_budget(name):
     training = json.loads((weights_dir() / name / "card.json").read_text())["training"]
     # cpu_time_s is recorded when wall time was spent waiting for a shared machine (see the card's timing_note)
-    assert training.get("cpu_time_s", training["wall_time_s"]) <= 30 * 60
+    assert training.get("cpu_time_s", training["wall_time_s"]) <= BUDGET_MINUTES[name] * 60
 
 
 def test_attn_only_2l_has_a_layer_1_induction_head(attn_only_metrics):
@@ -70,32 +76,30 @@ def test_attn_only_2l_repeated_half_loss_is_at_most_a_fifth(attn_only_metrics):
 
 
 @pytest.fixture(scope="module")
-def default_model():
-    model = minimech.load()
-    assert model.card["name"] == DEFAULT and not model.cfg.attn_only
-    return model
+def mini_4l():
+    return minimech.load("mini-4l")
 
 
-def test_default_ioi_on_held_out_names_and_frames(default_model, corpus):
+def test_mini_4l_ioi_on_held_out_names_and_frames(mini_4l, corpus):
     """Names never seen in an IOI sentence (only in stories) and frames never seen at all."""
-    ioi = ioi_metrics(default_model, corpus.ioi_eval(300, seed=123, names="heldout", frames="heldout"))
+    ioi = ioi_metrics(mini_4l, corpus.ioi_eval(300, seed=123, names="heldout", frames="heldout"))
     assert ioi["ioi_accuracy"] >= 0.95 and ioi["ioi_logit_diff"] >= 3.0, ioi
 
 
-def test_default_ioi_on_training_names_and_held_out_frames(default_model, corpus):
+def test_mini_4l_ioi_on_training_names_and_held_out_frames(mini_4l, corpus):
     """The algorithm carries over to sentence frames never seen in training."""
-    ioi = ioi_metrics(default_model, corpus.ioi_eval(300, seed=123, names="train", frames="heldout"))
+    ioi = ioi_metrics(mini_4l, corpus.ioi_eval(300, seed=123, names="train", frames="heldout"))
     assert ioi["ioi_accuracy"] >= 0.95 and ioi["ioi_logit_diff"] >= 3.0, ioi
 
 
-def test_default_facts_on_held_out_paraphrases(default_model, corpus):
-    facts = fact_metrics(default_model, corpus.fact_eval("heldout"))
+def test_mini_4l_facts_on_held_out_paraphrases(mini_4l, corpus):
+    facts = fact_metrics(mini_4l, corpus.fact_eval("heldout"))
     assert facts["facts_top1"] >= 0.95, facts
 
 
 @GAP  # 0.79 on the card; the lessons take induction from the specialised attn-only-2l (>= 0.9, tested above)
-def test_default_induction(default_model):
-    assert induction_metrics(default_model, token_pool=token_pool(default_model.tokenizer))["induction_best"] >= 0.8
+def test_mini_4l_induction(mini_4l):
+    assert induction_metrics(mini_4l, token_pool=token_pool(mini_4l.tokenizer))["induction_best"] >= 0.8
 
 
 def test_a_tampered_shipped_file_is_refused(tmp_path):
@@ -149,4 +153,119 @@ def test_card_recipe_is_the_recipe_in_the_code(name):
     assert (rec["documents"], rec["mix"], rec["random_names"], rec["induction_rows"]) == (
         r.documents, r.mix, r.random_names, r.induction_rows)
     assert rec["induction"] == {k: list(v) for k, v in r.induction.items()}
+    assert (rec.get("corpus", "templates"), rec.get("copies", {})) == (
+        r.corpus, {k: list(v) if isinstance(v, tuple) else v for k, v in r.copies.items()})
     assert card["config"] == {**card["config"], **r.config}
+
+
+# ---- the default model (story-4l): every figure of its card's "probes", recomputed from the shipped files and the
+# hand-written probes in tests/data/probes, against the thresholds of issue 12 ----------------------------------------
+PROBES = Path(__file__).parent / "data" / "probes"
+GAP12 = pytest.mark.xfail(strict=True, reason="issue 12 gap, see weights/README.md")
+
+
+@pytest.fixture(scope="module")
+def story():
+    from minimech.training import probes as P
+    from minimech.training.corpora import corpus_for
+
+    model = minimech.load()
+    assert model.card["name"] == DEFAULT == "story-4l" and not model.cfg.attn_only
+    probes = P.load_probes(PROBES)
+    frames, names = probes["ioi"]["frames"], probes["ioi"]["names"]
+    return SimpleNamespace(model=model, card=model.card["probes"], corpus=corpus_for(model), probes=probes,
+                           batches=P.ioi_batches(model, frames, names, pairs=8, seed=0),
+                           role_batches=P.ioi_batches(model, frames, names, pairs=4, seed=1))
+
+
+@pytest.fixture(scope="module")
+def roles(story):
+    from minimech.training import probes as P
+
+    roles = P.head_roles(story.model, story.role_batches)
+    return roles, P.name_heads(roles, story.model.cfg.n_heads)
+
+
+def close(recomputed, card, tol=2e-3):
+    assert recomputed == pytest.approx(card, abs=tol), (recomputed, card)
+
+
+def test_default_card_states_its_vocabulary_context_and_size(story):
+    m = story.model
+    assert 5000 <= m.cfg.d_vocab <= 8000 and m.cfg.n_ctx >= 128
+    assert torch.equal(m.W_U, m.W_E.T)  # tied while training: W_U holds W_E^T
+    lines = (PROBES / "everyday_english_3.txt").read_text().splitlines()[1:]
+    ids = m.tokenizer.encode(" ".join(lines))
+    close(ids.count(m.tokenizer.unk_id) / len(ids), story.card["unknown_share_everyday_english_3"], 1e-4)
+
+
+def test_default_ioi_on_hand_written_frames_and_held_out_names(story):
+    from minimech.training import probes as P
+
+    scores = P.ioi_scores(story.model, story.batches)
+    close(scores["logit_diff"], story.card["ioi_hand_frames_heldout_names"]["logit_diff"])
+    close(scores["accuracy"], story.card["ioi_hand_frames_heldout_names"]["accuracy"])
+    assert scores["logit_diff"] >= 3.0 and scores["accuracy"] >= 0.9, scores
+
+
+def test_default_ioi_on_the_corpus_held_out_frames_and_names(story):
+    ioi = ioi_metrics(story.model, story.corpus.ioi_eval(300, seed=123))
+    close(ioi["ioi_logit_diff"], story.card["ioi_corpus_heldout_frames_heldout_names"]["ioi_logit_diff"])
+    assert ioi["ioi_logit_diff"] >= 3.0 and ioi["ioi_accuracy"] >= 0.9, ioi
+
+
+def test_default_ioi_circuit_heads_are_the_cards(story, roles):
+    figures, named = roles
+    assert named == story.card["ioi_circuit"]["heads"]
+    for key, grid in story.card["ioi_circuit"]["per_head"].items():
+        torch.testing.assert_close(figures[key], torch.tensor(grid), atol=2e-3, rtol=0)
+
+
+def test_default_name_movers_attend_end_to_io_and_copy_it(story, roles):
+    figures, named = roles
+    assert named["name_movers"]
+    for label in named["name_movers"]:
+        layer, head = int(label[1]), int(label[3])
+        assert figures["end_to_io"][layer, head] > 2 * figures["end_to_s2"][layer, head]
+        assert figures["direct_effect"][layer, head] > 0.5
+
+
+def test_default_s_inhibition_responds_to_the_repeated_name(story, roles):
+    """Its attention END -> S2 falls by half or more when the name at S2 repeats nothing (a third name)."""
+    figures, named = roles
+    assert named["s_inhibition"]
+    for label in named["s_inhibition"]:
+        layer, head = int(label[1]), int(label[3])
+        assert figures["end_to_s2_no_repeat"][layer, head] <= 0.5 * figures["end_to_s2"][layer, head]
+
+
+def test_default_facts_in_word_orders_never_used_for_them(story):
+    from minimech.training import probes as P
+
+    corpus_top1 = fact_metrics(story.model, story.corpus.fact_eval("heldout"))["facts_top1"]
+    close(corpus_top1, story.card["facts_corpus_heldout_order_countries"])
+    hand = P.fact_probe_scores(story.model, story.corpus, story.probes["facts"]["phrasings"])
+    close(hand["strict_top1"], story.card["facts_hand_phrasings"]["strict_top1"])
+    assert corpus_top1 >= 0.8 and hand["strict_top1"] >= 0.8, (corpus_top1, hand)
+
+
+def test_default_copies_a_random_chunk_96_tokens_back(story):
+    from minimech.training.evaluate import copy_accuracy
+    from minimech.training.recipes import held_out_text_rows
+
+    model = story.model
+    filler = held_out_text_rows(story.corpus, model.tokenizer, model.cfg.n_ctx, 64)
+    acc = {d: copy_accuracy(model, filler, d, token_pool=token_pool(model.tokenizer), seed=d) for d in (96, 112)}
+    for d, a in acc.items():
+        close(a, story.card["copy_accuracy_corpus_text"][str(d)])
+    assert min(acc.values()) >= 0.8, acc
+
+
+def test_default_fact_tracing_stands_beside_its_control(story):
+    """The card's per-layer restoration curves (facts and the identity control) recompute from plain hooks."""
+    from minimech.training import probes as P
+
+    traced = P.fact_tracing(story.model, story.corpus.fact_eval("heldout")[::5][:24], samples=10)
+    for key in ("subject_last", "last_token", "control_relation_word"):
+        torch.testing.assert_close(torch.tensor(traced[key]), torch.tensor(story.card["fact_tracing"][key]),
+                                   atol=2e-3, rtol=0)

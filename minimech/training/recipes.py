@@ -103,7 +103,7 @@ recipe(Recipe(
     description="4 layers with MLPs, n_ctx 128, a 5k-token vocabulary: IOI in many sentence shapes, facts in several "
                 "word orders, copying at every distance, on a corpus of stories and everyday English",
     config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128),
-    settings=TrainSettings(steps=3000, batch_size=16, lr=2e-3, warmup=200, eval_every=250, weight_decay=0.01,
+    settings=TrainSettings(steps=2400, batch_size=16, lr=2e-3, warmup=150, eval_every=300, weight_decay=0.01,
                            tie_embeddings=True),
     documents=250_000,
     corpus="stories",
