@@ -158,7 +158,7 @@ def test_card_recipe_is_the_recipe_in_the_code(name):
     assert card["config"] == {**card["config"], **r.config}
 
 
-# ---- the default model (story-4l): every figure of its card's "probes", recomputed from the shipped files and the
+# ---- story-4l (issue 12's model): every figure of its card's "probes", recomputed from the shipped files and the
 # hand-written probes in tests/data/probes, against the thresholds of issue 12 ----------------------------------------
 PROBES = Path(__file__).parent / "data" / "probes"
 GAP12 = pytest.mark.xfail(strict=True, reason="issue 12 gap, see weights/README.md")
@@ -171,8 +171,8 @@ def story():
 
     if "story-4l" not in SHIPPED:
         pytest.skip("story-4l is not shipped yet")
-    model = minimech.load()
-    assert model.card["name"] == DEFAULT == "story-4l" and not model.cfg.attn_only
+    model = minimech.load("story-4l")
+    assert model.card["name"] == "story-4l" and not model.cfg.attn_only
     probes = P.load_probes(PROBES)
     frames, names = probes["ioi"]["frames"], probes["ioi"]["names"]
     return SimpleNamespace(model=model, card=model.card["probes"], corpus=corpus_for(model), probes=probes,
@@ -192,7 +192,26 @@ def close(recomputed, card, tol=2e-3):
     assert recomputed == pytest.approx(card, abs=tol), (recomputed, card)
 
 
-def test_default_card_states_its_vocabulary_context_and_size(story):
+@pytest.fixture(scope="module")
+def measured(story):
+    """The card's probe figures recomputed from the shipped files with plain hooks (minimech.training.probes)."""
+    from minimech.training import probes as P
+    from minimech.training.evaluate import copy_accuracy
+    from minimech.training.recipes import held_out_text_rows
+
+    model, corpus = story.model, story.corpus
+    filler = held_out_text_rows(corpus, model.tokenizer, model.cfg.n_ctx, 64)
+    pool = token_pool(model.tokenizer)
+    return {
+        "ioi_hand": P.ioi_scores(model, story.batches),
+        "ioi_corpus": ioi_metrics(model, corpus.ioi_eval(300, seed=123)),
+        "facts_corpus": fact_metrics(model, corpus.fact_eval("heldout"))["facts_top1"],
+        "facts_hand": P.fact_probe_scores(model, corpus, story.probes["facts"]["phrasings"]),
+        "copy": {d: copy_accuracy(model, filler, d, token_pool=pool, seed=d) for d in (96, 112)},
+    }
+
+
+def test_story_4l_card_states_its_vocabulary_context_and_size(story):
     m = story.model
     assert 5000 <= m.cfg.d_vocab <= 8000 and m.cfg.n_ctx >= 128
     assert torch.equal(m.W_U, m.W_E.T)  # tied while training: W_U holds W_E^T
@@ -201,29 +220,49 @@ def test_default_card_states_its_vocabulary_context_and_size(story):
     close(ids.count(m.tokenizer.unk_id) / len(ids), story.card["unknown_share_everyday_english_3"], 1e-4)
 
 
-def test_default_ioi_on_hand_written_frames_and_held_out_names(story):
-    from minimech.training import probes as P
-
-    scores = P.ioi_scores(story.model, story.batches)
-    close(scores["logit_diff"], story.card["ioi_hand_frames_heldout_names"]["logit_diff"])
-    close(scores["accuracy"], story.card["ioi_hand_frames_heldout_names"]["accuracy"])
-    assert scores["logit_diff"] >= 3.0 and scores["accuracy"] >= 0.9, scores
-
-
-def test_default_ioi_on_the_corpus_held_out_frames_and_names(story):
-    ioi = ioi_metrics(story.model, story.corpus.ioi_eval(300, seed=123))
-    close(ioi["ioi_logit_diff"], story.card["ioi_corpus_heldout_frames_heldout_names"]["ioi_logit_diff"])
-    assert ioi["ioi_logit_diff"] >= 3.0 and ioi["ioi_accuracy"] >= 0.9, ioi
+def test_story_4l_card_figures_recompute(story, measured):
+    card = story.card
+    close(measured["ioi_hand"]["logit_diff"], card["ioi_hand_frames_heldout_names"]["logit_diff"])
+    close(measured["ioi_hand"]["accuracy"], card["ioi_hand_frames_heldout_names"]["accuracy"])
+    close(measured["ioi_corpus"]["ioi_logit_diff"], card["ioi_corpus_heldout_frames_heldout_names"]["ioi_logit_diff"])
+    close(measured["facts_corpus"], card["facts_corpus_heldout_order_countries"])
+    close(measured["facts_hand"]["strict_top1"], card["facts_hand_phrasings"]["strict_top1"])
+    for d, a in measured["copy"].items():
+        close(a, card["copy_accuracy_corpus_text"][str(d)])
 
 
-def test_default_ioi_circuit_heads_are_the_cards(story, roles):
+def test_story_4l_ioi_circuit_heads_are_the_cards(story, roles):
     figures, named = roles
     assert named == story.card["ioi_circuit"]["heads"]
     for key, grid in story.card["ioi_circuit"]["per_head"].items():
         torch.testing.assert_close(figures[key], torch.tensor(grid), atol=2e-3, rtol=0)
 
 
-def test_default_name_movers_attend_end_to_io_and_copy_it(story, roles):
+def test_story_4l_fact_tracing_recomputes(story):
+    """The card's per-layer restoration curves (facts and the identity controls) recompute from plain hooks."""
+    from minimech.training import probes as P
+
+    traced = P.fact_tracing(story.model, story.corpus.fact_eval("heldout")[::5][:24], samples=10)
+    for key in ("subject_last", "last_token", "control_relation_word"):
+        if story.card["fact_tracing"][key] is None:
+            assert traced[key] is None
+        else:
+            torch.testing.assert_close(torch.tensor(traced[key]), torch.tensor(story.card["fact_tracing"][key]),
+                                       atol=2e-3, rtol=0)
+
+
+# Issue 12's thresholds (GAP12: strict xfails where story-4l does not reach them; weights/README.md says what each
+# attempt measured).
+def test_story_4l_ioi_on_hand_written_frames_and_held_out_names(measured):
+    assert measured["ioi_hand"]["logit_diff"] >= 3.0 and measured["ioi_hand"]["accuracy"] >= 0.9, measured["ioi_hand"]
+
+
+def test_story_4l_ioi_on_the_corpus_held_out_frames_and_names(measured):
+    ioi = measured["ioi_corpus"]
+    assert ioi["ioi_logit_diff"] >= 3.0 and ioi["ioi_accuracy"] >= 0.9, ioi
+
+
+def test_story_4l_name_movers_attend_end_to_io_and_copy_it(roles):
     figures, named = roles
     assert named["name_movers"]
     for label in named["name_movers"]:
@@ -232,7 +271,7 @@ def test_default_name_movers_attend_end_to_io_and_copy_it(story, roles):
         assert figures["direct_effect"][layer, head] > 0.5
 
 
-def test_default_s_inhibition_responds_to_the_repeated_name(story, roles):
+def test_story_4l_s_inhibition_responds_to_the_repeated_name(roles):
     """Its attention END -> S2 falls by half or more when the name at S2 repeats nothing (a third name)."""
     figures, named = roles
     assert named["s_inhibition"]
@@ -241,33 +280,9 @@ def test_default_s_inhibition_responds_to_the_repeated_name(story, roles):
         assert figures["end_to_s2_no_repeat"][layer, head] <= 0.5 * figures["end_to_s2"][layer, head]
 
 
-def test_default_facts_in_word_orders_never_used_for_them(story):
-    from minimech.training import probes as P
-
-    corpus_top1 = fact_metrics(story.model, story.corpus.fact_eval("heldout"))["facts_top1"]
-    close(corpus_top1, story.card["facts_corpus_heldout_order_countries"])
-    hand = P.fact_probe_scores(story.model, story.corpus, story.probes["facts"]["phrasings"])
-    close(hand["strict_top1"], story.card["facts_hand_phrasings"]["strict_top1"])
-    assert corpus_top1 >= 0.8 and hand["strict_top1"] >= 0.8, (corpus_top1, hand)
+def test_story_4l_facts_in_word_orders_never_used_for_them(measured):
+    assert measured["facts_corpus"] >= 0.8 and measured["facts_hand"]["strict_top1"] >= 0.8, measured
 
 
-def test_default_copies_a_random_chunk_96_tokens_back(story):
-    from minimech.training.evaluate import copy_accuracy
-    from minimech.training.recipes import held_out_text_rows
-
-    model = story.model
-    filler = held_out_text_rows(story.corpus, model.tokenizer, model.cfg.n_ctx, 64)
-    acc = {d: copy_accuracy(model, filler, d, token_pool=token_pool(model.tokenizer), seed=d) for d in (96, 112)}
-    for d, a in acc.items():
-        close(a, story.card["copy_accuracy_corpus_text"][str(d)])
-    assert min(acc.values()) >= 0.8, acc
-
-
-def test_default_fact_tracing_stands_beside_its_control(story):
-    """The card's per-layer restoration curves (facts and the identity control) recompute from plain hooks."""
-    from minimech.training import probes as P
-
-    traced = P.fact_tracing(story.model, story.corpus.fact_eval("heldout")[::5][:24], samples=10)
-    for key in ("subject_last", "last_token", "control_relation_word"):
-        torch.testing.assert_close(torch.tensor(traced[key]), torch.tensor(story.card["fact_tracing"][key]),
-                                   atol=2e-3, rtol=0)
+def test_story_4l_copies_a_random_chunk_96_tokens_back(measured):
+    assert min(measured["copy"].values()) >= 0.8, measured["copy"]

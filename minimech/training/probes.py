@@ -50,8 +50,12 @@ def ioi_batches(model, frames: list[str], names: list[str], pairs: int = 8, seed
                 ss.append(tok.to_single_token(" " + s))
         tokens, no_repeat = model.to_tokens(rows), model.to_tokens(no_rep)
         io, s = torch.tensor(ios), torch.tensor(ss)
-        first = lambda ids: (tokens == ids[:, None]).float().argmax(1)
-        last = tokens.shape[1] - 1 - (tokens.flip(1) == s[:, None]).float().argmax(1)
+        # A name that opens the text has no leading space ("Amy", not " Amy"): either form marks the name.
+        bare = lambda ids: torch.tensor([tok.from_gpt2(tok.encoding.encode_ordinary(tok.decode([i]).strip()))[0]
+                                         for i in ids.tolist()])
+        is_name = lambda ids: (tokens == ids[:, None]) | (tokens == bare(ids)[:, None])  # [batch, pos]
+        first = lambda ids: is_name(ids).float().argmax(1)
+        last = tokens.shape[1] - 1 - is_name(s).flip(1).float().argmax(1)
         out.append(IOIBatch(frame, tokens, no_repeat, io, s, first(io), first(s), last))
     return out
 
@@ -77,8 +81,8 @@ def ioi_scores(model, batches: list[IOIBatch]) -> dict:
 def head_roles(model, batches: list[IOIBatch]) -> dict:
     """Per head [layer][head], averaged over every prompt: attention from END to IO, S1 and S2; attention from S2
     to S1 (duplicate-token) and to S1 + 1 (induction); END -> S2 again on the no-repeat prompts (the S-inhibition
-    control); each head's direct effect on logit(IO) - logit(S) (its output at END through ln_final's scale and
-    the unembedding); and the change in the logit difference when the head's z is replaced by its mean over the
+    control); each head's direct effect on logit(IO) - logit(S) (its output at END, centred, divided by
+    ln_final's cached scale, times its weight, through the unembedding); and the change in the logit difference when the head's z is replaced by its mean over the
     frame's prompts (mean ablation)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     keys = ["end_to_io", "end_to_s1", "end_to_s2", "end_to_s2_no_repeat", "s2_to_s1", "s2_to_s1_plus_1",
@@ -104,7 +108,9 @@ def head_roles(model, batches: list[IOIBatch]) -> dict:
             total["s2_to_s1_plus_1"][layer] += at(p, b.s2_pos, b.s1_pos + 1)
             z = cache[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
             W_O = model.blocks[layer].attn.W_O  # [head, d_head, d_model]
-            out_end = torch.einsum("bhd,hdm->bhm", z[:, -1], W_O) / scale[:, None]  # [batch, head, d_model]
+            out_end = torch.einsum("bhd,hdm->bhm", z[:, -1], W_O)  # [batch, head, d_model]
+            # through ln_final as the model reads it: centred, divided by the cached scale, times ln_final's weight
+            out_end = (out_end - out_end.mean(-1, keepdim=True)) / scale[:, None] * model.ln_final.w
             total["direct_effect"][layer] += torch.einsum("bhm,mb->h", out_end, direction)
             # every head of this layer mean-ablated at once: the batch repeated H times, head h ablated in copy h
             mean_z = z.mean(0)  # [pos, head, d_head]

@@ -54,6 +54,7 @@ TRANSFERS = [
     "{S} thanked", "{S} kept the {obj} for", "{S} asked",
 ]
 DOUBLE_OBJECT = {"{S} gave", "{S} handed", "{S} showed"}  # the IO comes before the object: "... gave Mary a cup."
+OPENERS = ["Today", "One day,", "Yesterday", "Last week", "In the morning", "On Monday,", "That evening", "Then"]
 LEADS = ["", "", "", "then", "later,", "after a while,", "in the end,", "suddenly,", "soon"]
 FILLERS = [
     "It was a {adj} {time}.", "The {place} was {padj}.", "They talked for a while.", "They looked at the {color} {obj}.",
@@ -312,6 +313,8 @@ class StoryCorpus:
         i, t = self._frames[frame]
         slots = self._slots(rng)
         intro = INTROS[i].format(A=a, B=b, **slots)
+        if INTROS[i].startswith("{A}"):  # a name opening a text has no leading space: another token (" Wendy" is
+            intro = rng.choice(OPENERS) + " " + intro  # one GPT-2 token, "Wendy" three), so IOI names never open
         n_fill = rng.choice([0, 0, 1, 1, 2, 3]) if fillers is None else fillers
         fill = [f.format(**slots) for f in rng.sample(FILLERS, n_fill)] if intro.endswith(".") else []
         lead = rng.choice(LEADS)
@@ -433,7 +436,7 @@ class StoryCorpus:
                  + [str(i) for i in range(0, 101)] + [str(y) for y in range(1950, 2025)]
                  + L.FUNCTION_WORDS + L.MORE_NOUNS + [plural(n) for n in L.MORE_NOUNS + self.objects + L.ANIMALS + L.TIMES + L.THINGS + L.FOODS]
                  + [f(v[0]) for v in L.VERBS for f in (verb_s, verb_ing)])
-        templates = (INTROS + TRANSFERS + FILLERS + GENERAL + STORY + STORY_TRANSFERS + LEADS
+        templates = (INTROS + TRANSFERS + FILLERS + GENERAL + STORY + STORY_TRANSFERS + LEADS + OPENERS
                      + [t for r in FACT_ORDERS.values() for ts in r.values() for t in ts]
                      + [t for ts in FACT_IN_STORY.values() for t in ts])
         texts = [re.sub(r"\{\w+\}", "Mary", t) for t in templates] + words
