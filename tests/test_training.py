@@ -164,7 +164,8 @@ def test_story_4l_rows_hold_copies_out_of_the_loss_and_no_unknown_tokens():
     from minimech.training.recipes import build_phases
 
     r = dataclasses.replace(get("story-4l"), documents=3000)
-    (phase,), tokenizer, corpus = build_phases(r, seed=0)
+    (short, phase), tokenizer, corpus = build_phases(r, seed=0)
+    assert short.rows.shape[1] == r.short_rows[0] and short.until == r.short_rows[1]
     rows, kept = phase.rows, phase.targets  # [n, n_ctx], [n, n_ctx - 1]
     assert rows.shape[1] == r.config["n_ctx"] == 128 and (rows[:, 0] == tokenizer.bos_id).all()
     assert not (rows == tokenizer.unk_id).any()
