@@ -150,7 +150,6 @@ def name_heads(roles: dict, n_heads: int) -> dict:
 def ablated_name_mover_attention(model, batches: list[IOIBatch], s_inhibition: list[str], movers: list[str]) -> dict:
     """The name movers' attention END -> IO and END -> S, clean and with the S-inhibition heads' z mean-ablated:
     if S-inhibition tells the name movers which name not to copy, ablating it moves their attention to S."""
-    H = model.cfg.n_heads
     parse = lambda lab: (int(lab[1:].split("H")[0]), int(lab.split("H")[1]))
     inhib, movers = [parse(x) for x in s_inhibition], [parse(x) for x in movers]
     out = {"clean_to_io": 0.0, "clean_to_s": 0.0, "ablated_to_io": 0.0, "ablated_to_s": 0.0}
