@@ -17,7 +17,7 @@ import torch
 from . import plot
 from .analysis import causal_trace, detector_scores, logit_lens, repeated_random_tokens
 from .loading import load, shipped_models
-from .training.corpus import Corpus
+from .training.corpora import corpus_for
 from .training.evaluate import ioi_metrics, logit_diffs
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -100,7 +100,7 @@ def run_tour(out_dir: str | Path = "minimech-out", progress: bool = False) -> To
         induction_section(tour, load(model_name), model_name, out)
     induction_section(tour, model, name, out)
 
-    corpus = Corpus(seed=0)
+    corpus = corpus_for(model)
     examples = corpus.ioi_eval(4, seed=7, names="train", frames="heldout")
     s = tour.add("Indirect object identification in sentence frames never seen in training (logit IO - logit S)")
     for e, d in zip(examples, logit_diffs(model, [e.prompt for e in examples], [e.io for e in examples],

@@ -4,6 +4,8 @@ ordered them, not against the card's own figures."""
 
 import json
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,11 +52,15 @@ def attn_only_metrics():
     return induction_metrics(model, token_pool=token_pool(model.tokenizer))
 
 
+# The training budget each model was ordered with (minutes on a 2-core CPU machine).
+BUDGET_MINUTES = {"attn-only-2l": 30, "mini-4l": 30, "story-4l": 60}
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_trained_within_30_minutes(name):
+def test_trained_within_its_budget(name):
     training = json.loads((weights_dir() / name / "card.json").read_text())["training"]
     # cpu_time_s is recorded when wall time was spent waiting for a shared machine (see the card's timing_note)
-    assert training.get("cpu_time_s", training["wall_time_s"]) <= 30 * 60
+    assert training.get("cpu_time_s", training["wall_time_s"]) <= BUDGET_MINUTES[name] * 60
 
 
 def test_attn_only_2l_has_a_layer_1_induction_head(attn_only_metrics):
@@ -70,32 +76,30 @@ def test_attn_only_2l_repeated_half_loss_is_at_most_a_fifth(attn_only_metrics):
 
 
 @pytest.fixture(scope="module")
-def default_model():
-    model = minimech.load()
-    assert model.card["name"] == DEFAULT and not model.cfg.attn_only
-    return model
+def mini_4l():
+    return minimech.load("mini-4l")
 
 
-def test_default_ioi_on_held_out_names_and_frames(default_model, corpus):
+def test_mini_4l_ioi_on_held_out_names_and_frames(mini_4l, corpus):
     """Names never seen in an IOI sentence (only in stories) and frames never seen at all."""
-    ioi = ioi_metrics(default_model, corpus.ioi_eval(300, seed=123, names="heldout", frames="heldout"))
+    ioi = ioi_metrics(mini_4l, corpus.ioi_eval(300, seed=123, names="heldout", frames="heldout"))
     assert ioi["ioi_accuracy"] >= 0.95 and ioi["ioi_logit_diff"] >= 3.0, ioi
 
 
-def test_default_ioi_on_training_names_and_held_out_frames(default_model, corpus):
+def test_mini_4l_ioi_on_training_names_and_held_out_frames(mini_4l, corpus):
     """The algorithm carries over to sentence frames never seen in training."""
-    ioi = ioi_metrics(default_model, corpus.ioi_eval(300, seed=123, names="train", frames="heldout"))
+    ioi = ioi_metrics(mini_4l, corpus.ioi_eval(300, seed=123, names="train", frames="heldout"))
     assert ioi["ioi_accuracy"] >= 0.95 and ioi["ioi_logit_diff"] >= 3.0, ioi
 
 
-def test_default_facts_on_held_out_paraphrases(default_model, corpus):
-    facts = fact_metrics(default_model, corpus.fact_eval("heldout"))
+def test_mini_4l_facts_on_held_out_paraphrases(mini_4l, corpus):
+    facts = fact_metrics(mini_4l, corpus.fact_eval("heldout"))
     assert facts["facts_top1"] >= 0.95, facts
 
 
 @GAP  # 0.79 on the card; the lessons take induction from the specialised attn-only-2l (>= 0.9, tested above)
-def test_default_induction(default_model):
-    assert induction_metrics(default_model, token_pool=token_pool(default_model.tokenizer))["induction_best"] >= 0.8
+def test_mini_4l_induction(mini_4l):
+    assert induction_metrics(mini_4l, token_pool=token_pool(mini_4l.tokenizer))["induction_best"] >= 0.8
 
 
 def test_a_tampered_shipped_file_is_refused(tmp_path):
@@ -149,4 +153,136 @@ def test_card_recipe_is_the_recipe_in_the_code(name):
     assert (rec["documents"], rec["mix"], rec["random_names"], rec["induction_rows"]) == (
         r.documents, r.mix, r.random_names, r.induction_rows)
     assert rec["induction"] == {k: list(v) for k, v in r.induction.items()}
+    assert (rec.get("corpus", "templates"), rec.get("copies", {})) == (
+        r.corpus, {k: list(v) if isinstance(v, tuple) else v for k, v in r.copies.items()})
     assert card["config"] == {**card["config"], **r.config}
+
+
+# ---- story-4l (issue 12's model): every figure of its card's "probes", recomputed from the shipped files and the
+# hand-written probes in tests/data/probes, against the thresholds of issue 12 ----------------------------------------
+PROBES = Path(__file__).parent / "data" / "probes"
+GAP12 = pytest.mark.xfail(strict=True, reason="issue 12 gap, see weights/README.md")
+
+
+@pytest.fixture(scope="module")
+def story():
+    from minimech.training import probes as P
+    from minimech.training.corpora import corpus_for
+
+    if "story-4l" not in SHIPPED:
+        pytest.skip("story-4l is not shipped yet")
+    model = minimech.load("story-4l")
+    assert model.card["name"] == "story-4l" and not model.cfg.attn_only
+    probes = P.load_probes(PROBES)
+    frames, names = probes["ioi"]["frames"], probes["ioi"]["names"]
+    return SimpleNamespace(model=model, card=model.card["probes"], corpus=corpus_for(model), probes=probes,
+                           batches=P.ioi_batches(model, frames, names, pairs=8, seed=0),
+                           role_batches=P.ioi_batches(model, frames, names, pairs=4, seed=1))
+
+
+@pytest.fixture(scope="module")
+def roles(story):
+    from minimech.training import probes as P
+
+    roles = P.head_roles(story.model, story.role_batches)
+    return roles, P.name_heads(roles, story.model.cfg.n_heads)
+
+
+def close(recomputed, card, tol=2e-3):
+    assert recomputed == pytest.approx(card, abs=tol), (recomputed, card)
+
+
+@pytest.fixture(scope="module")
+def measured(story):
+    """The card's probe figures recomputed from the shipped files with plain hooks (minimech.training.probes)."""
+    from minimech.training import probes as P
+    from minimech.training.evaluate import copy_accuracy
+    from minimech.training.recipes import held_out_text_rows
+
+    model, corpus = story.model, story.corpus
+    filler = held_out_text_rows(corpus, model.tokenizer, model.cfg.n_ctx, 64)
+    pool = token_pool(model.tokenizer)
+    return {
+        "ioi_hand": P.ioi_scores(model, story.batches),
+        "ioi_corpus": ioi_metrics(model, corpus.ioi_eval(300, seed=123)),
+        "facts_corpus": fact_metrics(model, corpus.fact_eval("heldout"))["facts_top1"],
+        "facts_hand": P.fact_probe_scores(model, corpus, story.probes["facts"]["phrasings"]),
+        "copy": {d: copy_accuracy(model, filler, d, token_pool=pool, seed=d) for d in (96, 112)},
+    }
+
+
+def test_story_4l_card_states_its_vocabulary_context_and_size(story):
+    m = story.model
+    assert 5000 <= m.cfg.d_vocab <= 8000 and m.cfg.n_ctx >= 128
+    assert torch.equal(m.W_U, m.W_E.T)  # tied while training: W_U holds W_E^T
+    lines = (PROBES / "everyday_english_3.txt").read_text().splitlines()[1:]
+    ids = m.tokenizer.encode(" ".join(lines))
+    close(ids.count(m.tokenizer.unk_id) / len(ids), story.card["unknown_share_everyday_english_3"], 1e-4)
+
+
+def test_story_4l_card_figures_recompute(story, measured):
+    card = story.card
+    close(measured["ioi_hand"]["logit_diff"], card["ioi_hand_frames_heldout_names"]["logit_diff"])
+    close(measured["ioi_hand"]["accuracy"], card["ioi_hand_frames_heldout_names"]["accuracy"])
+    close(measured["ioi_corpus"]["ioi_logit_diff"], card["ioi_corpus_heldout_frames_heldout_names"]["ioi_logit_diff"])
+    close(measured["facts_corpus"], card["facts_corpus_heldout_order_countries"])
+    close(measured["facts_hand"]["strict_top1"], card["facts_hand_phrasings"]["strict_top1"])
+    for d, a in measured["copy"].items():
+        close(a, card["copy_accuracy_corpus_text"][str(d)])
+
+
+def test_story_4l_ioi_circuit_heads_are_the_cards(story, roles):
+    figures, named = roles
+    assert named == story.card["ioi_circuit"]["heads"]
+    for key, grid in story.card["ioi_circuit"]["per_head"].items():
+        torch.testing.assert_close(figures[key], torch.tensor(grid), atol=2e-3, rtol=0)
+
+
+def test_story_4l_fact_tracing_recomputes(story):
+    """The card's per-layer restoration curves (facts and the identity controls) recompute from plain hooks."""
+    from minimech.training import probes as P
+
+    traced = P.fact_tracing(story.model, story.corpus.fact_eval("heldout")[::5][:24], samples=10)
+    for key in ("subject_last", "last_token", "control_relation_word"):
+        if story.card["fact_tracing"][key] is None:
+            assert traced[key] is None
+        else:
+            torch.testing.assert_close(torch.tensor(traced[key]), torch.tensor(story.card["fact_tracing"][key]),
+                                       atol=2e-3, rtol=0)
+
+
+# Issue 12's thresholds (GAP12: strict xfails where story-4l does not reach them; weights/README.md says what each
+# attempt measured).
+def test_story_4l_ioi_on_hand_written_frames_and_held_out_names(measured):
+    assert measured["ioi_hand"]["logit_diff"] >= 3.0 and measured["ioi_hand"]["accuracy"] >= 0.9, measured["ioi_hand"]
+
+
+def test_story_4l_ioi_on_the_corpus_held_out_frames_and_names(measured):
+    ioi = measured["ioi_corpus"]
+    assert ioi["ioi_logit_diff"] >= 3.0 and ioi["ioi_accuracy"] >= 0.9, ioi
+
+
+def test_story_4l_name_movers_attend_end_to_io_and_copy_it(roles):
+    figures, named = roles
+    assert named["name_movers"]
+    for label in named["name_movers"]:
+        layer, head = int(label[1]), int(label[3])
+        assert figures["end_to_io"][layer, head] > 2 * figures["end_to_s2"][layer, head]
+        assert figures["direct_effect"][layer, head] > 0.5
+
+
+def test_story_4l_s_inhibition_responds_to_the_repeated_name(roles):
+    """Its attention END -> S2 falls by half or more when the name at S2 repeats nothing (a third name)."""
+    figures, named = roles
+    assert named["s_inhibition"]
+    for label in named["s_inhibition"]:
+        layer, head = int(label[1]), int(label[3])
+        assert figures["end_to_s2_no_repeat"][layer, head] <= 0.5 * figures["end_to_s2"][layer, head]
+
+
+def test_story_4l_facts_in_word_orders_never_used_for_them(measured):
+    assert measured["facts_corpus"] >= 0.8 and measured["facts_hand"]["strict_top1"] >= 0.8, measured
+
+
+def test_story_4l_copies_a_random_chunk_96_tokens_back(measured):
+    assert min(measured["copy"].values()) >= 0.8, measured["copy"]

@@ -158,13 +158,36 @@ def test_build_data_rows_start_with_bos_and_use_the_compact_vocab():
     assert torch.equal(build_data(small, seed=0)[0], build_phases(small, seed=0)[0][-1].rows)
 
 
+def test_story_4l_rows_hold_copies_out_of_the_loss_and_no_unknown_tokens():
+    """The default model's data on a small corpus: BOS-first rows of n_ctx, no <unk>, the chunk copies' fresh tokens
+    out of the loss, and the copy of each chunk equal to it (ground truth from the rows themselves)."""
+    from minimech.training.recipes import build_phases
+
+    r = dataclasses.replace(get("story-4l"), documents=3000)
+    (short, phase), tokenizer, corpus = build_phases(r, seed=0)
+    assert short.rows.shape[1] == r.short_rows[0] and short.until == r.short_rows[1]
+    rows, kept = phase.rows, phase.targets  # [n, n_ctx], [n, n_ctx - 1]
+    assert rows.shape[1] == r.config["n_ctx"] == 128 and (rows[:, 0] == tokenizer.bos_id).all()
+    assert not (rows == tokenizer.unk_id).any()
+    dropped = (~kept).sum(1)  # per row: a chunk's fresh tokens and its copy's first token, or nothing
+    with_chunk = dropped > 0
+    assert abs(with_chunk.float().mean().item() - r.copies["fraction"]) < 0.05
+    lo, hi = r.copies["chunk_len"]
+    assert dropped[with_chunk].min() >= lo + 1 and dropped[with_chunk].max() <= hi + 1
+    for row, keep in zip(rows[with_chunk][:200], kept[with_chunk][:200]):
+        out = (~keep).nonzero()[:, 0] + 1  # token positions whose prediction is left out
+        chunk, copy_first = out[:-1], int(out[-1])
+        length = len(chunk)
+        assert torch.equal(row[chunk], row[copy_first: copy_first + length])
+
+
 def test_unknown_recipe_and_bad_steps_are_one_line_errors(capsys):
     with pytest.raises(MinimechError, match="unknown recipe 'nope': choose one of"):
         get("nope")
     assert main(["train", "nope"]) == 1 and "unknown recipe" in capsys.readouterr().err
     assert main(["train", "attn-only-2l", "--steps", "0"]) == 1
     assert "--steps must be at least 1" in capsys.readouterr().err
-    assert set(RECIPES) >= {"attn-only-2l", "mini-4l"}
+    assert set(RECIPES) >= {"attn-only-2l", "mini-4l", "story-4l"}
 
 
 def test_randomise_names_is_consistent_within_a_document_and_never_uses_held_out_names():

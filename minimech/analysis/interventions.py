@@ -174,11 +174,11 @@ def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40) -> dict:
     names, held-out frames, the most common token length), "facts" (mean log P(answer) on held-out paraphrases),
     "induction" (minus the loss on the repeated half of repeated random tokens), "text" (minus the loss on corpus
     documents generated with a seed training never used)."""
-    from ..training.corpus import Corpus
+    from ..training.corpora import corpus_for
     from .heads import repeated_random_tokens
     from .metrics import logit_diff
 
-    corpus, tok = Corpus(seed=0), model._tok()
+    corpus, tok = corpus_for(model), model._tok()
     ioi = corpus.ioi_eval(4 * n_ioi, seed=7, names="train", frames="heldout")
     lengths = [len(tok.encode(e.prompt)) for e in ioi]
     common = max(set(lengths), key=lengths.count)
@@ -221,10 +221,10 @@ def fact_layer(model, prompt=None, subject=None) -> int:
 def key_covariance(model, layer: int, n_documents: int = 300, seed: int = 1, ridge: float = 1e-3) -> torch.Tensor:
     """[d_mlp, d_mlp]: C = E[k k^T], the uncentred second moment of blocks.{layer}.mlp.hook_post over every real token
     (BOS and padding left out) of n_documents corpus documents, plus ridge * mean(diag C) * I so it inverts."""
-    from ..training.corpus import Corpus
+    from ..training.corpora import corpus_for
 
     name = f"blocks.{layer}.mlp.hook_post"
-    tokens, mask = prompt_batch(model, Corpus(seed=0).training_documents(n_documents, seed), truncate=True)
+    tokens, mask = prompt_batch(model, corpus_for(model).training_documents(n_documents, seed), truncate=True)
     mask[:, 0] = False
     keys = []
     for start in range(0, len(tokens), 128):
@@ -348,9 +348,9 @@ def _edit_facts(model, prompt: str, subject: str, facts):
     """(held-out paraphrases of the edited fact, other facts, same-subject facts) from the corpus facts (or `facts`:
     objects with .prompt .answer .subject .relation). The relation is the one of the fact whose prompt is `prompt`."""
     if facts is None:
-        from ..training.corpus import Corpus
-        facts = Corpus(seed=0).fact_eval("all")
-        heldout = {f.prompt for f in Corpus(seed=0).fact_eval("heldout")}
+        from ..training.corpora import corpus_for
+        facts = corpus_for(model).fact_eval("all")
+        heldout = {f.prompt for f in corpus_for(model).fact_eval("heldout")}
     else:
         heldout = {f.prompt for f in facts}
     relation = next((f.relation for f in facts if f.prompt == prompt and f.subject == subject), None)

@@ -218,10 +218,10 @@ def _template_items(model, n, seed, names, templates, kinds):
 
 def _corpus_items(model, n, seed, names, frames, kinds):
     """(items, name pool): n prompts from the largest one-length group of the model's corpus IOI prompts."""
-    from ..training.corpus import Corpus
+    from ..training.corpora import corpus_for
 
     card_corpus = model.card.get("corpus") or {}
-    corpus = Corpus(seed=card_corpus.get("seed", 0))
+    corpus = corpus_for(model)
     if "names_heldout" in card_corpus and corpus.names_heldout != card_corpus["names_heldout"]:
         raise IOIError("this model's card lists other held-out names than Corpus(seed) gives: its corpus recipe "
                        "changed since training; use source='templates'")

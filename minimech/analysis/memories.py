@@ -117,12 +117,12 @@ def top_activating(memory, model, prompts, k: int = 10, batch_size: int = 64, sk
 
 def search_corpus(memory, model, n_documents: int = 300, seed: int = 0, k: int = 10,
                   include_facts: bool = True) -> tuple[list[TopActivation], list[str]]:
-    """top_activating over the shipped models' training text: Corpus(seed=0).generate(n_documents, seed) documents
+    """top_activating over the model's own training text (corpus_for(model)).generate(n_documents, seed) documents
     (each cut to n_ctx tokens) plus, with include_facts, every fact_eval("all") prompt followed by its answer.
     Returns (top activations, the prompts they index)."""
-    from ..training.corpus import Corpus
+    from ..training.corpora import corpus_for
 
-    corpus = Corpus(seed=0)
+    corpus = corpus_for(model)
     prompts = corpus.training_documents(n_documents, seed)
     if include_facts:
         prompts += [f.prompt + f.answer + "." for f in corpus.fact_eval("all")]

@@ -208,7 +208,8 @@ def lens_data(model, seed: int = 0, train_docs: int | None = None, heldout_docs:
     The documents mix kinds as the model's recipe did (the corpus default otherwise); held-out documents come from
     other corpus seeds and any that also occur in the training text are dropped.
     """
-    from ..training.corpus import Corpus, pack_documents
+    from ..training.corpora import corpus_for
+    from ..training.corpus import pack_documents
 
     train_docs = LENS_DOCS if train_docs is None else train_docs
     heldout_docs = HELDOUT_DOCS if heldout_docs is None else heldout_docs
@@ -218,7 +219,7 @@ def lens_data(model, seed: int = 0, train_docs: int | None = None, heldout_docs:
         raise TunedLensError("the model has no tokenizer to encode corpus text with: pass tokens= and heldout= "
                              "(token rows [batch, pos]) to train_tuned_lens")
     mix = ((getattr(model, "card", None) or {}).get("recipe") or {}).get("mix") or None
-    corpus = Corpus(seed=0)
+    corpus = corpus_for(model)  # the model's own corpus (stories for story-4l)
     train = corpus.training_documents(train_docs, seed=1_000 + seed, mix=mix)
     seen = set(train)
     heldout = [d for d in corpus.training_documents(heldout_docs, seed=2_000 + seed, mix=mix) if d not in seen]
@@ -306,8 +307,8 @@ def train_tuned_lens(model, steps: int = 300, seed: int = 0, lr: float = 1e-2, b
     if tokens is None:
         train_docs, heldout_docs = (LENS_DOCS, HELDOUT_DOCS) if docs is None else (docs, max(1, docs // 2))
         tokens, heldout = lens_data(model, seed, train_docs, heldout_docs)
-        data = (f"lens_data(model, seed={seed}): Corpus(seed=0) documents, {train_docs} with corpus seed "
-                f"{1_000 + seed} (train) and {heldout_docs} with seed {2_000 + seed} (held-out, minus any training "
+        data = (f"lens_data(model, seed={seed}): the model's corpus (corpus_for) documents, {train_docs} with corpus "
+                f"seed {1_000 + seed} (train) and {heldout_docs} with seed {2_000 + seed} (held-out, minus any training "
                 "document), mixed as the model's recipe, packed into rows of n_ctx tokens")
     tokens, heldout = model.check_tokens(tokens), model.check_tokens(heldout)  # [rows, pos]
     start = time.perf_counter()

@@ -57,3 +57,27 @@ def induction_metrics(model, token_pool: torch.Tensor | None = None, seq_len: in
     return {"induction_best": scores["induction"][1:].max().item(),
             "prev_token_best_L0": scores["previous_token"][0].max().item(),
             "icl_loss_ratio": repeated / first}
+
+
+@torch.no_grad()
+def copy_accuracy(model, filler: torch.Tensor, distance: int, chunk_len: int = 8, start: int = 4, seed: int = 0,
+                  token_pool: torch.Tensor | None = None) -> float:
+    """Top-1 accuracy of copying a chunk of chunk_len random tokens `distance` tokens after its first occurrence:
+    rows are BOS + running text (`filler`, [batch, >= start + distance + chunk_len] model ids, no BOS) with the
+    chunk written at `start` and again at start + distance; scored on the copy's tokens 2..chunk_len (its first
+    token follows arbitrary text and cannot be predicted)."""
+    end = start + distance + chunk_len
+    if end > model.cfg.n_ctx:
+        raise ValueError(f"start + distance + chunk_len = {end} exceeds n_ctx = {model.cfg.n_ctx}")
+    if filler.shape[1] < end - 1:
+        raise ValueError(f"filler rows hold {filler.shape[1]} tokens; this probe needs {end - 1}")
+    gen = torch.Generator().manual_seed(seed)
+    if token_pool is None:
+        token_pool = torch.arange(model.cfg.d_vocab - 1)
+    batch = len(filler)
+    chunk = token_pool[torch.randint(len(token_pool), (batch, chunk_len), generator=gen)]
+    tokens = torch.cat([torch.full((batch, 1), model.tokenizer.bos_id), filler[:, : end - 1]], dim=1).clone()
+    tokens[:, start: start + chunk_len] = chunk
+    tokens[:, start + distance: end] = chunk
+    predicted = model(tokens)[:, start + distance: end - 1].argmax(-1)  # predictions of copy tokens 2..chunk_len
+    return (predicted == chunk[:, 1:]).float().mean().item()

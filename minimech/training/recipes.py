@@ -23,7 +23,9 @@ from ..errors import MinimechError
 from ..model import GPT
 from ..tokenizer import Tokenizer, load_encoding
 from .corpus import Corpus, build_vocab, induction_rows, pack_documents
-from .evaluate import fact_metrics, induction_metrics, ioi_metrics
+from .evaluate import copy_accuracy, fact_metrics, induction_metrics, ioi_metrics
+from .spans import copy_spans
+from .stories import StoryCorpus
 from .report import mechanism_report
 from .train import Phase, TrainLog, TrainSettings, train
 
@@ -47,6 +49,8 @@ class Recipe:
     mask_fresh: bool = False
     attn_init_std: float | None = None
     pos_init_std: float | None = None  # and position embeddings with this std (see fresh_model)
+    corpus: str = "templates"  # "templates": corpus.Corpus (mini-4l, attn-only-2l); "stories": stories.StoryCorpus
+    copies: dict = field(default_factory=dict)  # fraction, chunk_len: repeated spans at log-uniform distances
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -94,6 +98,28 @@ recipe(Recipe(
     metrics=("induction", "ioi", "facts"),
 ))
 
+recipe(Recipe(
+    name="story-4l",
+    description="4 layers with MLPs, n_ctx 128, a 7k-token vocabulary: IOI in many sentence shapes, facts in several "
+                "word orders, copying at every distance, on a corpus of stories and everyday English",
+    config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128),
+    settings=TrainSettings(steps=4800, batch_size=16, lr=5e-3, warmup=150, eval_every=400, weight_decay=0.01,
+                           tie_embeddings=True),
+    documents=250_000,
+    corpus="stories",
+    mix={"ioi": 0.35, "story": 0.15, "facts": 0.3, "english": 0.2},
+    random_names=0.2,
+    copies=dict(fraction=1.0, chunk_len=(4, 10)),
+    metrics=("induction", "copy", "ioi", "facts"),
+    # Rows of 32 tokens for the first 4,000 steps (4x cheaper each), a chunk copied in every row, lr 5e-3 (as
+    # attn-only-2l): with 128-token rows from the start no copying circuit had formed by step 900 (the plateau grows
+    # as row length^2); with 2,400 short steps, lr 4e-3 and chunks in 80 % of rows, none by the end (weights/README).
+    short_rows=(32, 4000),
+    mask_fresh=True,
+    attn_init_std=0.088,  # 1/sqrt(d_model)
+    pos_init_std=0.06,
+))
+
 
 def get(name: str) -> Recipe:
     if name not in RECIPES:
@@ -130,7 +156,7 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
     token of a random sequence's first copy, against ln(1378) = 7.2). Training the full rows on every target instead
     cost the induction score (0.80-0.83 at 6,500 steps, below the 0.9 ordered; two seeds).
     """
-    corpus = Corpus(seed=0)  # the held-out split is fixed across seeds: the shipped evaluations depend on it
+    corpus = make_corpus(r)
     tokenizer = Tokenizer(build_vocab(corpus.vocab_texts(), load_encoding()))
     documents, packed = {}, {}
 
@@ -152,7 +178,10 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
 
         rows = pack(r.documents, r.mix, seed) if r.documents else None
         parts = []
-        if r.induction_rows == -1:
+        if r.copies:
+            parts.append(copy_spans(rows, token_pool(tokenizer), chunk_seed, r.copies["fraction"],
+                                    tuple(r.copies["chunk_len"])))
+        elif r.induction_rows == -1:
             parts.append(with_chunks(rows, tokenizer, chunk_seed, r.induction))
         else:
             if rows is not None:
@@ -170,6 +199,12 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
         phases.append(phase(row_len, steps, seed + 20_000))
     phases.append(phase(r.config["n_ctx"], None, seed))
     return phases, tokenizer, corpus
+
+
+def make_corpus(r: Recipe):
+    """The recipe's corpus. Its held-out split is fixed across training seeds (seed 0): the shipped evaluations
+    depend on it."""
+    return StoryCorpus(seed=0) if r.corpus == "stories" else Corpus(seed=0)
 
 
 def cut_rows(rows: torch.Tensor, row_len: int, bos_id: int) -> torch.Tensor:
@@ -235,10 +270,18 @@ def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
     ioi = corpus.ioi_eval(200, seed=1) if "ioi" in r.metrics else None
     ioi_train_names = corpus.ioi_eval(100, seed=2, names="train") if "ioi" in r.metrics else None
     facts = corpus.fact_eval("heldout") if "facts" in r.metrics else None
+    towns = corpus.fact_eval("heldout", subjects="towns")[::4] if "facts" in r.metrics and r.corpus == "stories" \
+        else None
     pool = token_pool(tokenizer)
+    filler = held_out_text_rows(corpus, tokenizer, r.config["n_ctx"], 32) if "copy" in r.metrics else None
 
     def metrics(model: GPT) -> dict[str, float]:
         out = induction_metrics(model, token_pool=pool) if "induction" in r.metrics else {}
+        if filler is not None:
+            out["copy_accuracy_d96"] = copy_accuracy(model, filler, 96, token_pool=pool, seed=5)
+            out["copy_accuracy_d16"] = copy_accuracy(model, filler, 16, token_pool=pool, seed=6)
+        if towns:
+            out["town_facts_top1"] = fact_metrics(model, towns)["facts_top1"]
         if ioi:
             out.update(ioi_metrics(model, ioi))
             out["ioi_logit_diff_train_names"] = ioi_metrics(model, ioi_train_names)["ioi_logit_diff"]
@@ -247,6 +290,14 @@ def evaluator(r: Recipe, corpus: Corpus, tokenizer: Tokenizer):
         return out
 
     return metrics
+
+
+def held_out_text_rows(corpus, tokenizer: Tokenizer, n_ctx: int, n_rows: int) -> torch.Tensor:
+    """[n_rows, n_ctx - 1] model ids of corpus documents generated with a seed no training run uses (no BOS):
+    running text to embed copy probes in."""
+    docs = [tokenizer.encode(d) for d in corpus.training_documents(20 * n_rows, seed=99_999)]
+    rows = pack_documents(docs, n_ctx, tokenizer.eot_id)  # [n, n_ctx], eot first
+    return rows[:n_rows, 1:]
 
 
 def fresh_model(r: Recipe, tokenizer: Tokenizer, seed: int) -> GPT:
@@ -300,12 +351,15 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
         "recipe": {"name": r.name, "seed": seed, "settings": asdict(settings), "documents": r.documents,
                    "mix": r.mix, "random_names": r.random_names, "induction_rows": r.induction_rows,
                    "induction": {k: list(v) for k, v in r.induction.items()},
+                   "corpus": r.corpus, "copies": {k: (list(v) if isinstance(v, tuple) else v)
+                                                  for k, v in r.copies.items()},
                    "rows": [len(p.rows) for p in phases], "row_lengths": [p.rows.shape[1] for p in phases],
                    "short_rows": list(r.short_rows) if r.short_rows else None, "mask_fresh": r.mask_fresh,
                    "attn_init_std": r.attn_init_std, "pos_init_std": r.pos_init_std},
         "corpus": corpus.describe(),
         "training": {"steps": settings.steps, "tokens_seen": tokens_seen(phases, settings),
-                     "wall_time_s": round(log.wall_time_s, 1), "threads": torch.get_num_threads(),
+                     "wall_time_s": round(log.wall_time_s, 1), "cpu_time_s": round(log.cpu_time_s, 1),
+                     "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "python": platform.python_version(),
                      "date": time.strftime("%Y-%m-%d")},
         "history": log.history,

@@ -54,6 +54,7 @@ class Phase:
 class TrainLog:
     history: list[dict] = field(default_factory=list)  # one row per evaluation: step, loss, metrics
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # this process's CPU time: on a shared machine, wall time includes waiting for a core
 
 
 def optimizer_for(model: GPT, settings: TrainSettings) -> torch.optim.AdamW:
@@ -125,7 +126,7 @@ class _Sampler:
 def _train(model: GPT, phases: list[Phase], settings: TrainSettings, evaluate, progress: bool) -> TrainLog:
     gen = torch.Generator().manual_seed(settings.seed)
     opt = optimizer_for(model, settings)
-    log, start, recent = TrainLog(), time.perf_counter(), []
+    log, start, cpu_start, recent = TrainLog(), time.perf_counter(), time.process_time(), []
     samplers = [_Sampler(phase, settings.batch_size, gen) for phase in phases]
     bar = tqdm(range(settings.steps), desc="training", disable=not progress, unit="step")
     for step in bar:
@@ -156,4 +157,5 @@ def _train(model: GPT, phases: list[Phase], settings: TrainSettings, evaluate, p
             bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "step" and isinstance(v, float)})
     model.eval()
     log.wall_time_s = time.perf_counter() - start
+    log.cpu_time_s = time.process_time() - cpu_start
     return log
