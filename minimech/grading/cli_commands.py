@@ -21,9 +21,9 @@ from .api import GradingError
 from .lessons import find_lessons, get_lesson, lessons_root, load_checks, read_hints
 from . import workspace as ws
 
-ISOLATION_NOTE = ("Each submission runs in its own process with a time and a memory limit; this is process "
-                  "isolation, not a security sandbox: grade code you do not trust inside a container or VM "
-                  "(as Gradescope does).")
+ISOLATION_NOTE = ("Each submission runs in its own process, with time and memory limits, in the strongest sandbox "
+                  "that works here: as root, a uid of its own; otherwise bubblewrap; otherwise none (the start of "
+                  "the run says which protections are off). MINIMECH_SANDBOX=user|bwrap|none picks one.")
 STARS = {1: "*", 2: "**", 3: "***"}
 
 
@@ -192,6 +192,9 @@ def _register_instructor_commands(command, arg, print_table) -> None:
         lesson = get_lesson(args.lesson)
         for option, path in (("--csv", args.csv), ("--gradescope", args.gradescope)):
             _check_output_path(option, path)  # before the grading, which can take a while, not after it
+        from .sandbox import choose
+
+        print(choose().describe(), file=sys.stderr, flush=True)
         lock = threading.Lock()
 
         def done(student, report):
@@ -199,7 +202,8 @@ def _register_instructor_commands(command, arg, print_table) -> None:
                 print(f"  {student}: {report.score:g}/{report.max_score:g}", flush=True)
 
         grades = grade_submissions(lesson, args.submissions, jobs=args.jobs, seed=args.seed, model=args.model,
-                                   time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done)
+                                   time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done,
+                                   outputs=(args.csv, args.gradescope))
         write_outputs(grades, args.csv, args.gradescope)
         if not grades.complete:
             print(f"interrupted: the outputs hold the {len(grades.reports)} submissions graded before Ctrl-C, not the "
@@ -211,10 +215,11 @@ def _register_instructor_commands(command, arg, print_table) -> None:
             if path:
                 print(f"  wrote {path}")
         lost = sorted({student for student, report in grades.reports.items()
-                       for e in report.exercises if e.message.startswith("grader error")})
+                       for e in report.exercises if e.status == "grader error"})
         if lost:  # the grader's fault, not the students': say so, and fail the command
             print(f"grader errors in {len(lost)} submission(s) ({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''})"
-                  ": their scores are not the students' fault; see the notes column", file=sys.stderr)
+                  ", each graded twice: their scores are not the students' fault; see the notes column",
+                  file=sys.stderr)
             return 1
         return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 STATUSES = ("pass", "fail", "not attempted", "error", "timeout", "memory", "exited", "forbidden import",
-            "model mutated")
+            "model mutated", "grader error")  # grader error: the grader failed, not the learner's code
 # An exercise with one of these gets no credit at all (a case that merely errs or fails still leaves partial credit).
 LOSES_EXERCISE = ("timeout", "memory", "exited", "forbidden import", "model mutated")
 
@@ -69,7 +69,7 @@ class Report:
 def score_exercise(ex_id: str, title: str, function: str, points: float, cases: list[CaseResult]) -> ExerciseResult:
     """One exercise's status and score from its cases: partial credit = passed weight / total weight."""
     if not cases:
-        return lost_exercise(ex_id, title, function, points, "error", "grader error: no case was run")
+        return lost_exercise(ex_id, title, function, points, "grader error", "grader error: no case was run")
     statuses = [c.status for c in cases]
     passed = sum(c.weight for c in cases if c.status == "pass") / sum(c.weight for c in cases)
     hard = next((s for s in statuses if s in LOSES_EXERCISE), None)
@@ -84,7 +84,7 @@ def score_exercise(ex_id: str, title: str, function: str, points: float, cases: 
     # the message of the case that decided the status (else the first that did not pass)
     first = next((c for c in cases if c.status == status), None) or next((c for c in cases if c.status != "pass"), None)
     message = ""
-    if first is not None:
+    if first is not None and status != "pass":
         message = first.message
         if len(cases) > 1 and status != "not attempted":
             message = f"case {cases.index(first) + 1} ({first.label}): {message}"

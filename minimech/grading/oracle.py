@@ -1,0 +1,111 @@
+"""The trusted side of a grading run: each exercise's inputs and right answers, shared by nothing mutable.
+
+An Oracle builds every exercise's cases at once, on models of its own (never the process-wide ones), and pickles
+their arguments for the learners' processes before any reference runs: a child gets its inputs as data and never
+loads checks.py. The references are computed in one background thread while the children run. A thread that judges
+gets its own copy of the cases (unpickled from the same bytes): a compare function that re-runs a model with hooks
+touches no object another thread uses, and every judgement is made on pristine inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import weakref
+
+import torch
+
+from .api import Case, Exercise, GradingError
+from .runner import build_cases
+
+
+class _Pickler(pickle.Pickler):
+    """pickle, plus weak references (a model's MLPs point back to it weakly)."""
+
+    def reducer_override(self, obj):
+        if type(obj) is weakref.ReferenceType:
+            target = obj()
+            return (weakref.ref, (target,)) if target is not None else (type(None), ())
+        return NotImplemented
+
+
+def dumps(value) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def loads(data: bytes):
+    """Unpickle bytes this module made (trusted: only ever the parent's own data)."""
+    return pickle.loads(data)
+
+
+class Oracle:
+    """Each exercise's cases (built once, on this oracle's own models), their pickled arguments for the children,
+    and the reference answers. Never sees learner code."""
+
+    def __init__(self, exercises: list[Exercise], seed: int, model_name: str):
+        self.exercises = {e.id: e for e in exercises}
+        self.seed, self.model_name = seed, model_name
+        self._cases: dict[str, list[Case]] = {}
+        self._errors: dict[str, GradingError] = {}
+        self._answers: dict[str, list] = {}
+        self._local = threading.local()
+        models: dict = {}  # this oracle's models only
+        for ex in exercises:
+            try:
+                self._cases[ex.id] = build_cases(ex, seed, model_name, models)
+            except Exception as exc:  # a bug in the lesson's checks.py (or its model is missing), not the learner's
+                self._errors[ex.id] = GradingError(f"grader error in checks.py ({ex.id}): building the inputs "
+                                                   f"failed: {type(exc).__name__}: {exc}")
+        try:  # before any reference runs: the children and the judges get the inputs exactly as built
+            self.payload = dumps({ex_id: [c.args for c in cases] for ex_id, cases in self._cases.items()})
+        except Exception as exc:
+            message = f"grader error in checks.py: a case's arguments cannot be sent to the learner's process " \
+                      f"({type(exc).__name__}: {exc}); cases may hold tensors, numbers, strings, models, " \
+                      "lists and dicts of these"
+            self._errors.update({ex_id: GradingError(message) for ex_id in self._cases})
+            self._cases, self.payload = {}, dumps({})
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._compute_all, name="minimech-oracle", daemon=True)
+        self._thread.start()
+
+    def _compute_all(self) -> None:
+        try:
+            for ex_id, cases in self._cases.items():
+                exercise = self.exercises[ex_id]
+                try:
+                    torch.manual_seed(self.seed)  # a reference that draws from the global generator draws the same
+                    self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
+                except Exception as exc:  # a bug in the lesson's checks.py, not the learner's
+                    self._errors[ex_id] = GradingError(f"grader error in checks.py ({ex_id}): the reference failed: "
+                                                       f"{type(exc).__name__}: {exc}")
+        finally:
+            self._ready.set()
+
+    def built(self, ex_id: str) -> bool:
+        """Whether the exercise's inputs were built (else the child skips it and judging reports the error)."""
+        return ex_id in self._cases
+
+    def error(self, ex_id: str) -> GradingError | None:
+        return self._errors.get(ex_id) if ex_id in self._errors and not self.built(ex_id) else None
+
+    def expected(self, ex_id: str) -> tuple[list[Case], list]:
+        """(this thread's own copy of the cases, its copy of the reference answers); raises GradingError if the
+        lesson's own code failed."""
+        self._ready.wait()
+        if ex_id in self._errors:
+            raise self._errors[ex_id]
+        copies = getattr(self._local, "copies", None)
+        if copies is None:  # one copy per thread, of every exercise at once (a model several share is copied once)
+            args = loads(self.payload)
+            answers = loads(dumps(self._answers))
+            copies = {i: ([Case(a, c.weight, c.label) for a, c in zip(args[i], self._cases[i])], answers[i])
+                      for i in self._cases}
+            self._local.copies = copies
+        return copies[ex_id]
+
+    def drop_copy(self) -> None:
+        """Forget this thread's copies (a compare function left a model changed: the next judgement gets fresh ones)."""
+        self._local.copies = None
