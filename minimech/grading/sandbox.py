@@ -42,12 +42,12 @@ UID_SPAN = 1024  # uids the user mode may use: base .. base + UID_SPAN - 1
 class Sandbox:
     mode: str
     off: tuple = ()  # the protections this mode lacks, in words (empty: all on)
-    # children start as fresh interpreters inside bubblewrap (the bwrap mode; the user mode too when the Python
-    # installation is not readable by other users, e.g. under /root, and bwrap gives them a view of it)
-    in_bwrap: bool = False
+    # how children start: "fork" (from multiprocessing's forkserver), "bwrap-fork" (from a forkserver inside
+    # bubblewrap: the user mode where bwrap works), "bwrap" (a fresh interpreter in a bwrap sandbox of its own)
+    launcher: str = "fork"
 
     def describe(self) -> str:
-        how = " (each submission also in bubblewrap)" if self.mode == "user" and self.in_bwrap else ""
+        how = " (in bubblewrap's view: read-only system, no network)" if self.launcher == "bwrap-fork" else ""
         if not self.off:
             return f"sandbox: {self.mode} mode{how}"
         return f"sandbox: {self.mode} mode{how}; OFF: " + "; ".join(self.off)
@@ -83,11 +83,11 @@ def choose(requested: str | None = None) -> Sandbox:
     if requested not in ("auto", *MODES):
         raise GradingError(f"MINIMECH_SANDBOX={requested!r}: use auto, user, bwrap or none")
     if requested in ("auto", "user", "bwrap") and is_root():  # as root, bwrap alone would run submissions as root
+        if bwrap_works():
+            return Sandbox("user", (), launcher="bwrap-fork")
         hidden = unreadable_installation()
         if not hidden:
             return Sandbox("user", ("the network is not isolated (the container's own policy applies)",))
-        if bwrap_works():
-            return Sandbox("user", (), in_bwrap=True)
         if requested == "user":
             raise GradingError(f"the user sandbox needs a Python installation other users can read ({hidden} is "
                                "not): install Python elsewhere (e.g. /usr/local), or install bubblewrap")
@@ -97,7 +97,7 @@ def choose(requested: str | None = None) -> Sandbox:
         raise GradingError("the user sandbox needs root (it gives each submission a uid of its own); "
                            "use MINIMECH_SANDBOX=bwrap or none")
     if requested in ("auto", "bwrap") and sys.platform.startswith("linux") and bwrap_works():
-        return Sandbox("bwrap", in_bwrap=True)
+        return Sandbox("bwrap", launcher="bwrap")
     if requested == "bwrap":
         raise GradingError("bubblewrap is missing or cannot make user namespaces here (apt-get install bubblewrap; "
                            "a container may forbid namespaces): use MINIMECH_SANDBOX=none to grade without it")
@@ -274,14 +274,17 @@ def _python_dirs() -> list[str]:
     return sorted({str(Path(p).resolve()) for p in paths if p and Path(p).exists()})
 
 
-def bwrap_command(workdir: Path, hidden, argv: list[str]) -> list[str]:
+def bwrap_command(workdir: Path, hidden, argv: list[str], pid_namespace: bool = True,
+                  work_inside: str = None) -> list[str]:
     """bwrap's command line: the system and Python read-only, `hidden` folders replaced by empty ones (the
     lessons, the submissions), a private /tmp, `workdir` writable as /sandbox, new namespaces, gone with its
     parent."""
     # as root (the user sandbox) no user namespace: the child drops to its own uid itself, once bwrap has built its
     # view (so it can reach a Python under /root); otherwise every namespace, and no capabilities
-    namespaces = (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    namespaces = (["--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
                   if is_root() else ["--unshare-all", "--cap-drop", "ALL"])
+    if is_root() and pid_namespace:
+        namespaces.append("--unshare-pid")
     command = [shutil.which("bwrap") or "bwrap", *namespaces, "--die-with-parent", "--new-session",
                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     bound = []
@@ -300,7 +303,8 @@ def bwrap_command(workdir: Path, hidden, argv: list[str]) -> list[str]:
             command += ["--tmpfs", path]
         elif inside and Path(path).exists():
             command += ["--ro-bind", "/dev/null", path]
-    command += ["--bind", str(workdir), INSIDE_WORKDIR, "--chdir", INSIDE_WORKDIR, "--", *argv]
+    inside = work_inside or INSIDE_WORKDIR
+    command += ["--bind", str(workdir), inside, "--chdir", inside, "--", *argv]
     return command
 
 

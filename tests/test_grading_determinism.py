@@ -1,0 +1,69 @@
+"""Grading is deterministic with --jobs > 1: no object is shared between the threads that judge students, or between
+judging and computing a reference. A copy of the fixture lesson whose compare() re-runs the lesson's model for every
+answer, and for a wrong answer first runs it with a slow hook attached (as lesson 03's diagnoses do), is graded
+several times with honest and wrong students side by side: the honest ones get full marks every time."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from minimech.grading import fill_solutions, get_lesson
+from minimech.grading.classroom import grade_submissions
+
+from conftest import swap
+
+ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
+
+RACY_COMPARE = '''
+
+import time as _time
+
+
+def _slow_zero(x, hook):
+    _time.sleep(0.05)  # widen the window in which the hook is attached
+    return x * 0
+
+
+def racy_compare(got, want, case):
+    model, tokens = case.args["model"], case.args["tokens"]
+    problem = logits_compare(got, want, case)
+    if problem:  # diagnose a wrong answer by running the model with a hook attached
+        with model.hooks([(f"blocks.{l}.hook_resid_pre", _slow_zero) for l in range(model.cfg.n_layers)]):
+            for _ in range(5):
+                model(tokens)
+        return problem
+    with torch.no_grad():  # check a right answer again, against a fresh forward pass of the same model
+        again = model(tokens)[:, -1]
+    return close(got, again, atol=1e-4, rtol=1e-4)
+'''
+
+
+@pytest.fixture(scope="module")
+def racy_lesson(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lessons")
+    shutil.copytree(ROOT / "99_fixture", root / "99_fixture")
+    checks = root / "99_fixture" / "checks.py"
+    text = checks.read_text().replace("EXERCISES = [", RACY_COMPARE + "\n\nEXERCISES = [")
+    checks.write_text(text.replace("logits_cases, logits_reference, logits_compare)",
+                                   "logits_cases, logits_reference, racy_compare)"))
+    return get_lesson("99", root)
+
+
+def test_honest_students_get_full_marks_every_time_beside_wrong_ones(racy_lesson, tmp_path):
+    right = fill_solutions(racy_lesson)
+    wrong = swap(right, "last_logits", "return model(tokens)[:, 0]")  # position 0, not the last
+    for i in range(3):
+        for name, text in ((f"honest{i}", right), (f"wrong{i}", wrong)):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "lesson.py").write_text(text)
+    totals = []
+    for seed in (1, 2, 3):
+        grades = grade_submissions(racy_lesson, tmp_path, jobs=6, seed=seed)
+        reports = grades.reports
+        for name, report in reports.items():
+            expected = 6.0 if name.startswith("honest") else 3.0
+            assert report.score == expected, (seed, name, [(e.id, e.status, e.message) for e in report.exercises])
+        totals.append(json.dumps({n: r.score for n, r in reports.items()}, sort_keys=True))
+    assert len(set(totals)) == 1
