@@ -12,11 +12,12 @@ from pathlib import Path
 
 from ..errors import MinimechError
 from .api import Exercise, GradingError
+from .child import prediction_values
 from .lessons import Lesson, get_lesson, load_checks, load_module
 from .oracle import Oracle, loads
 from .report import Report, lost_exercise
 from .runner import LibraryTraps, exception_facts, is_learner_code, run_exercise
-from .verdicts import GraderError, judge
+from .verdicts import GraderError, judge, predictions
 from .wire import tensors_from_bytes, tensors_to_bytes
 
 __all__ = ["Oracle", "run_checks", "check_options", "select", "judge_all"]
@@ -37,7 +38,7 @@ _IN_PROCESS_COUNT = itertools.count()
 
 
 def run_in_process(learner_file: Path, exercises: list[Exercise], oracle: Oracle,
-                   overrides: dict | None = None) -> dict[str, dict]:
+                   overrides: dict | None = None, names=()) -> dict[str, dict]:
     """What run_isolated returns, computed in this process: fast, for tests of trusted files; no limits. Library
     traps refuse calls from the learner's file only (a bug or a helper from another file may use the library)."""
     name = f"_minimech_learner_{next(_IN_PROCESS_COUNT)}"
@@ -49,7 +50,7 @@ def run_in_process(learner_file: Path, exercises: list[Exercise], oracle: Oracle
     for function, replacement in (overrides or {}).items():
         setattr(module, function, replacement)  # also what later exercises call
     arguments = loads(oracle.payload)
-    outcomes = {}
+    outcomes = {"predictions": prediction_values(module, names)}
     for ex in exercises:
         if not oracle.built(ex.id):
             continue
@@ -81,6 +82,39 @@ def check_options(model: str | None, seed, time_limit_s, memory_limit_mb) -> Non
             raise GradingError(f"the checks cannot use model {model!r}: {exc}") from None
 
 
+MAX_SCALE = 50  # a bigger model's limits grow with it, up to this factor
+
+
+def scaled_limits(lesson: Lesson, oracle: Oracle, time_limit_s=None, memory_limit_mb=None) -> tuple[float, int]:
+    """(seconds per exercise, MB beyond what is loaded): the ones given, else lesson.json's, grown for a model
+    bigger than the lesson's default: time by sqrt(parameters / default's parameters) (at most MAX_SCALE times),
+    memory by four copies of the model's weights (a clone, gradients, an optimizer's moments)."""
+    time_s, memory_mb = lesson.settings["time_limit_s"], lesson.settings["memory_limit_mb"]
+    params, default = oracle.parameters(), lesson.settings["default_model"]
+    if params and oracle.model_name != default and default != "none":
+        try:
+            from ..loading import load
+
+            base = sum(p.numel() for p in load(default).parameters())
+        except Exception:  # the default model is missing here: no scale to go by
+            base = params
+        time_s *= min(MAX_SCALE, max(1.0, (params / base) ** 0.5))
+        memory_mb += 4 * params * 4 // 2**20
+    return float(time_limit_s or time_s), int(memory_limit_mb or memory_mb)
+
+
+def _blame_slow_limits(results: list, oracle: Oracle, limit_s: float) -> list:
+    """A timeout where the reference solution itself takes half the limit or more is the limit's fault (a model
+    bigger than the lesson's), not the learner's: say so."""
+    for e in results:
+        spent = oracle.reference_seconds.get(e.id, 0.0)
+        if e.status == "timeout" and spent >= limit_s / 2:
+            e.message = (f"{e.message}; but the reference solution itself takes {spent:.0f} s here with model "
+                         f"{oracle.model_name}: the time limit ({limit_s:g} s) is too tight for this model, not your "
+                         "code's fault: raise --time-limit")
+    return results
+
+
 def judge_all(lesson: Lesson, chosen: list[Exercise], outcomes: dict, oracle: Oracle) -> list:
     """Every chosen exercise's result; a grader-side failure becomes that exercise's "grader error"."""
     points = lesson.points
@@ -98,12 +132,13 @@ def judge_all(lesson: Lesson, chosen: list[Exercise], outcomes: dict, oracle: Or
 def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, isolate: bool = True,
                model: str | None = None, root=None, overrides: dict | None = None,
                time_limit_s: float | None = None, memory_limit_mb: int | None = None,
-               oracle: Oracle | None = None, sandbox=None, secret=()) -> Report:
+               oracle: Oracle | None = None, sandbox=None, secret=(), progress=None) -> Report:
     """Check a learner's lesson file: every exercise (or those named: "3", "02.3", or a list) on fresh random
     inputs (seed: random unless given, recorded in the report). isolate=False runs the file in this process,
     without time or memory limits (for tests); overrides {function name: function} then replaces functions.
     sandbox: a sandbox.Sandbox (default: the strongest that works here); secret: more folders the learner's
-    process may not read (a class's submissions)."""
+    process may not read (a class's submissions). Limits: the ones given, else lesson.json's, grown for a model
+    bigger than the lesson's (scaled_limits). progress(exercise id) is called as each exercise is done."""
     lesson = get_lesson(lesson, root)
     learner_file = Path(learner_file)
     if not learner_file.is_file():
@@ -115,7 +150,7 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
             script = Path(tmp) / "lesson.py"
             script.write_text(notebook_to_script(learner_file), encoding="utf-8")
             report = run_checks(lesson, script, exercises, seed, isolate, model, root, overrides, time_limit_s,
-                                memory_limit_mb, oracle, sandbox, secret)
+                                memory_limit_mb, oracle, sandbox, secret, progress)
         return dataclasses.replace(report, learner_file=str(learner_file))
     if overrides and isolate:
         raise GradingError("overrides work only with isolate=False")
@@ -131,10 +166,12 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
 
         source = learner_file.read_bytes()  # bytes: the child reads them as Python would (BOM, coding line)
         tasks = [(e.id, e.function, tuple(e.library)) for e in chosen if oracle.built(e.id)]
-        outcomes = run_isolated(lesson, source, tasks, oracle, time_limit_s or lesson.settings["time_limit_s"],
-                                memory_limit_mb or lesson.settings["memory_limit_mb"], sandbox or choose(), secret)
+        limit_s, memory_mb = scaled_limits(lesson, oracle, time_limit_s, memory_limit_mb)
+        outcomes = run_isolated(lesson, source, tasks, oracle, limit_s, memory_mb, sandbox or choose(), secret,
+                                progress)
+        results = _blame_slow_limits(judge_all(lesson, chosen, outcomes, oracle), oracle, limit_s)
     else:
-        outcomes = run_in_process(learner_file, chosen, oracle, overrides)
-    results = judge_all(lesson, chosen, outcomes, oracle)
+        outcomes = run_in_process(learner_file, chosen, oracle, overrides, list(lesson.predictions))
+        results = judge_all(lesson, chosen, outcomes, oracle)
     return Report(lesson.id, str(learner_file), oracle.seed, oracle.model_name, results,
-                  round(time.perf_counter() - start, 3))
+                  round(time.perf_counter() - start, 3), predictions(lesson, outcomes.get("predictions")))

@@ -117,6 +117,18 @@ def guard_files(secret: list[str], attempts: list) -> None:
     sys.addaudithook(hook)
 
 
+def prediction_values(module, names) -> dict:
+    """The learner's module-level prediction_k values as text (repr, 300 characters at most), None if unset."""
+    values = {}
+    for name in names:
+        value = vars(module).get(name)
+        try:
+            values[name] = None if value is None else repr(value)[:300]
+        except Exception:  # a repr that fails is still a prediction recorded
+            values[name] = f"<a {type(value).__name__}>"
+    return values
+
+
 def _send(conn, **event) -> None:
     conn.send_bytes(json.dumps(event).encode())
 
@@ -171,7 +183,7 @@ def child_main(job: dict, conn) -> None:
     if attempts:
         _send(conn, event="import_failed", forbidden={"kind": attempts[0][0], "name": attempts[0][1]})
         return
-    _send(conn, event="imported")
+    _send(conn, event="imported", predictions=prediction_values(module, job.get("predictions", ())))
     for ex_id, function, library in job["exercises"]:
         try:  # each exercise starts with an empty log: one exercise's printing must not use up the next one's room
             sys.stdout.flush(), sys.stderr.flush()

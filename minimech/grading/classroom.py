@@ -127,6 +127,7 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
 
     verify(lesson, model)
     box = sandbox.choose()
+    isolation.warm_up(box)
     start = time.perf_counter()
     secret = [Path(submissions_dir).resolve(), *(Path(o).resolve() for o in outputs if o)]
     if box.mode == "user":
@@ -195,13 +196,17 @@ def _problems(report: Report) -> str:
 
 def csv_text(grades: ClassGrades) -> str:
     """One row per student, one column per exercise (its score), then the total and the non-passing statuses."""
-    ids = list(grades.lesson.points)
+    ids, names = list(grades.lesson.points), list(grades.lesson.predictions)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", *ids, "total", "notes"])
+    writer.writerow(["student", *ids, *names, "total", "notes"])
     for student, report in grades.reports.items():
         by_id = {e.id: e.score for e in report.exercises}
-        writer.writerow([student, *(f"{by_id.get(i, 0.0):g}" for i in ids), f"{report.score:g}", _problems(report)])
+        recorded = {p.name: p for p in report.predictions}
+        marks = [(f"{recorded[n].score:g}" if recorded[n].max_score else "recorded") if n in recorded and
+                 recorded[n].recorded else ("0" if grades.lesson.prediction_points(n) else "") for n in names]
+        writer.writerow([student, *(f"{by_id.get(i, 0.0):g}" for i in ids), *marks, f"{report.score:g}",
+                         _problems(report)])
     return out.getvalue()
 
 
@@ -222,6 +227,11 @@ def gradescope_results(report: Report, lesson: Lesson) -> dict:
         e = by_id.get(ex_id) or lost_exercise(ex_id, ex_id, "", float(points), "error", "grader error: not graded")
         tests.append({"name": f"{ex_id} {e.title}".strip(), "number": ex_id, "score": e.score, "max_score": float(points),
                       "status": "passed" if e.status == "pass" else "failed", "output": _test_output(e)})
+    for p in report.predictions:  # recorded or not, never right or wrong
+        tests.append({"name": f"{p.name}: {p.question}"[:200], "number": p.name, "score": p.score,
+                      "max_score": p.max_score, "status": "passed" if p.recorded else "failed",
+                      "output": f"recorded: {p.value}" if p.recorded else
+                      f"not recorded: set {p.name} (at the top level of your file) before the cell that measures it"})
     return {
         "score": round(sum(t["score"] for t in tests), 4),
         "execution_time": round(report.seconds, 3),
@@ -262,6 +272,7 @@ def autograde(lesson, root_dir: Path, root=None) -> dict:
 
         verify(lesson, model)
         box = sandbox.choose()
+        isolation.warm_up(box)
         if box.mode == "user":
             sandbox.protect_answer_keys([lesson.path])
         oracle = Oracle(load_checks(lesson), seed, model)

@@ -39,6 +39,9 @@ def _exercise(text: str):
 def _print_report(report, print_table) -> None:
     rows = [[e.id, e.title, e.status, f"{e.score:g}/{e.max_score:g}", e.summary()] for e in report.exercises]
     print_table(["exercise", "title", "status", "score", "cases"], rows, "<<<>>")
+    for p in report.predictions:  # recorded or not: a prediction is never marked right or wrong
+        state = f"recorded: {p.value}" if p.recorded else "not recorded yet"
+        print(f"{p.name}: {state}" + (f"   ({p.score:g}/{p.max_score:g})" if p.max_score else ""))
     print(f"\ntotal {report.score:g}/{report.max_score:g}   (seed {report.seed}, model {report.model}, "
           f"{report.seconds:.1f} s)")
     failure = report.first_failure()
@@ -86,15 +89,25 @@ def register(command, arg, print_table) -> None:
              arg("exercises", nargs="*", help="only these exercises (e.g. 3 or 02.3); default: all"),
              dir_arg, arg("--file", default=None, help="check this file instead of the workspace's lesson.py"),
              arg("--seed", type=int, default=None, help="the inputs' seed (default: random, shown)"),
-             arg("--model", default=None, help="the model the checks use (default: the lesson's)"))
+             arg("--model", default=None, help="the model the checks use (default: the lesson's)"),
+             arg("--time-limit", type=float, default=None, metavar="S",
+                 help="seconds per exercise (default: lesson.json's, grown for a bigger --model)"),
+             arg("--memory-limit", type=int, default=None, metavar="MB",
+                 help="MB beyond what is loaded (default: lesson.json's, grown for a bigger --model)"))
     def cmd_check(args) -> int:
+        from tqdm import tqdm
+
         from .checking import run_checks
 
         lesson = get_lesson(args.lesson)
         workspace = ws.workspace_for(args.dir)
         path = Path(args.file) if args.file else ws.learner_file(lesson, workspace)
         print(f"checking {path} (lesson {lesson.id}: {lesson.title})\n")
-        report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model)
+        total = len(args.exercises) if args.exercises else len(lesson.points)
+        with tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar:
+            report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model,
+                                time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit,
+                                progress=lambda ex_id: bar.update(1))
         _print_report(report, print_table)
         if not args.file or Path(args.file).resolve() == (workspace / lesson.name / "lesson.py").resolve():
             if (workspace / ws.PROGRESS_FILE).is_file():

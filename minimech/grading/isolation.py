@@ -34,6 +34,7 @@ from .oracle import dumps
 from .sandbox import INSIDE_WORKDIR, UIDS, Sandbox, bwrap_command, child_environment, processes_of
 from .wire import MAX_OUTPUT_BYTES, tensors_from_bytes
 
+PREDICTIONS = "predictions"  # the key, among the outcomes, of the learner's prediction values
 STARTUP_LIMIT_S = 300  # importing torch in a cold interpreter on a busy machine; not the learner's time
 MAX_EVENT_BYTES = 1 << 20  # one JSON event (a record of facts); tensors travel in their own message
 REACHING = {"get_objects", "get_referrers", "get_referents"}  # gc's ways to dig the grader's objects out
@@ -112,6 +113,22 @@ class _SandboxedServer:
                 finally:
                     spawn.set_executable(original)
             return cls._server
+
+
+def warm_up(sandbox: Sandbox) -> None:
+    """Start the forkserver the children will fork from, in the background (importing torch in it takes seconds;
+    the oracle builds the inputs meanwhile)."""
+    if sandbox.launcher == "bwrap":
+        return
+    start = _SandboxedServer.get if sandbox.launcher == "bwrap-fork" else _ensure_forkserver
+    threading.Thread(target=start, name="minimech-forkserver", daemon=True).start()
+
+
+def _ensure_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    if _context().get_start_method() == "forkserver":
+        forkserver.ensure_running()
 
 
 def _always_hidden() -> list[str]:
@@ -320,6 +337,7 @@ class _Run:
             self.phase, self.deadline = "import", time.monotonic() + self.limit_s
         elif kind == "imported" and self.phase == "import":
             self.phase = "exercises"
+            self.outcomes[PREDICTIONS] = event.get("predictions")  # checked by verdicts.predictions
         elif kind == "import_failed" and self.phase == "import":
             self.outcomes.update({ex_id: {"import_failed": event} for ex_id in self.exercises})
             return []
@@ -340,6 +358,8 @@ class _Run:
             except Exception:
                 raise Tampered("unreadable tensors") from None
             self.outcomes[self.current] = {"record": event["record"], "tensors": tensors}
+            if self.job.get("progress"):
+                self.job["progress"](self.current)
             self.current = None
         elif kind == "restart" and self.current is None and self.next > 0 and \
                 event.get("after") == self.exercises[self.next - 1]:
@@ -371,14 +391,16 @@ class _Run:
 def _run_child(job: dict, exercises: list[str], outcomes: dict, sandbox: Sandbox, hidden, log: Path) -> list[str]:
     """Run one child over `exercises`; fill `outcomes`; return the exercises still to run (after a death)."""
     reader, writer = multiprocessing.Pipe(duplex=False)
-    job = {**job, "exercises": [e for e in job["exercises"] if e[0] in exercises]}
+    progress = job.get("progress")  # the parent's callback: not for the child
+    job = {**{k: v for k, v in job.items() if k != "progress"},
+           "exercises": [e for e in job["exercises"] if e[0] in exercises]}
     log.write_bytes(b"")
     if sandbox.launcher == "bwrap":
         child = BwrapChild(job, writer, hidden, log)
     else:
         child = ForkedChild(job, writer, in_bwrap=sandbox.launcher == "bwrap-fork")
     writer.close()
-    run = _Run(job, exercises, outcomes, job["time_limit_s"])
+    run = _Run({**job, "progress": progress}, exercises, outcomes, job["time_limit_s"])
     try:
         while True:
             has_event, timed_out = _wait(child, reader, run.deadline)
@@ -412,7 +434,7 @@ def _run_child(job: dict, exercises: list[str], outcomes: dict, sandbox: Sandbox
 
 
 def run_isolated(lesson, source: bytes, exercises: list, oracle, time_limit_s: float, memory_limit_mb: int,
-                 sandbox: Sandbox, secret=()) -> dict[str, dict]:
+                 sandbox: Sandbox, secret=(), progress=None) -> dict[str, dict]:
     """{exercise id: outcome} for a learner's source, run in child processes under `sandbox`.
 
     exercises: [(id, function, library)] of exercises whose inputs the oracle built. secret: folders the child must
@@ -443,7 +465,7 @@ def run_isolated(lesson, source: bytes, exercises: list, oracle, time_limit_s: f
             job = {"lesson_id": lesson.id, "source": source, "exercises": exercises, "payload": oracle.payload,
                    "seed": oracle.seed, "forbidden": lesson.forbidden_imports, "memory_limit_mb": memory_limit_mb,
                    "time_limit_s": time_limit_s, "workdir": str(workdir), "log": str(Path(tmp, "child.log")),
-                   "uid": uid, "secret": hidden}
+                   "uid": uid, "secret": hidden, "predictions": list(lesson.predictions), "progress": progress}
             remaining = [ex_id for ex_id, _, _ in exercises]
             while remaining:
                 remaining = _run_child(job, remaining, outcomes, sandbox, hidden, Path(tmp, "child.log"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import time
 import weakref
 
 import torch
@@ -52,7 +53,9 @@ class Oracle:
         self._errors: dict[str, GradingError] = {}
         self._answers: dict[str, list] = {}
         self._local = threading.local()
-        models: dict = {}  # this oracle's models only
+        self.reference_seconds: dict[str, float] = {}  # how long each exercise's references took here
+        self.models: dict = {}  # this oracle's models only (ctx.model() loads them here)
+        models = self.models
         for ex in exercises:
             try:
                 self._cases[ex.id] = build_cases(ex, seed, model_name, models)
@@ -77,12 +80,18 @@ class Oracle:
                 exercise = self.exercises[ex_id]
                 try:
                     torch.manual_seed(self.seed)  # a reference that draws from the global generator draws the same
+                    start = time.perf_counter()
                     self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
+                    self.reference_seconds[ex_id] = time.perf_counter() - start
                 except Exception as exc:  # a bug in the lesson's checks.py, not the learner's
                     self._errors[ex_id] = GradingError(f"grader error in checks.py ({ex_id}): the reference failed: "
                                                        f"{type(exc).__name__}: {exc}")
         finally:
             self._ready.set()
+
+    def parameters(self) -> int:
+        """How many parameters the largest model this oracle loaded has (0: none was loaded)."""
+        return max((sum(p.numel() for p in m.parameters()) for m in self.models.values()), default=0)
 
     def built(self, ex_id: str) -> bool:
         """Whether the exercise's inputs were built (else the child skips it and judging reports the error)."""

@@ -39,6 +39,20 @@ class ExerciseResult:
 
 
 @dataclass
+class PredictionResult:
+    """A prediction the lesson asks for (lesson.json "predictions"): recorded or not, never right or wrong."""
+    name: str  # "prediction_1"
+    question: str
+    value: str | None  # the learner's value as text (repr), None when not recorded
+    score: float = 0.0
+    max_score: float = 0.0  # lesson.json "prediction_points" (0: none)
+
+    @property
+    def recorded(self) -> bool:
+        return self.value is not None
+
+
+@dataclass
 class Report:
     lesson: str
     learner_file: str
@@ -46,14 +60,15 @@ class Report:
     model: str
     exercises: list[ExerciseResult]
     seconds: float = 0.0
+    predictions: list[PredictionResult] = field(default_factory=list)
 
     @property
     def score(self) -> float:
-        return round(sum(e.score for e in self.exercises), 4)
+        return round(sum(e.score for e in self.exercises) + sum(p.score for p in self.predictions), 4)
 
     @property
     def max_score(self) -> float:
-        return round(sum(e.max_score for e in self.exercises), 4)
+        return round(sum(e.max_score for e in self.exercises) + sum(p.max_score for p in self.predictions), 4)
 
     def result(self, exercise_id: str) -> ExerciseResult:
         return next(e for e in self.exercises if e.id == exercise_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from .oracle import Oracle
-from .report import CaseResult, ExerciseResult, lost_exercise, score_exercise
+from .report import CaseResult, ExerciseResult, PredictionResult, lost_exercise, score_exercise
 from .runner import FILE_LIMIT_MB
 from .wire import WireError, decode
 
@@ -161,3 +161,15 @@ def judge(ex, points: float, outcome: dict | None, oracle: Oracle) -> ExerciseRe
     if any(_hooks_left(c) for c in cases[:len(results)]):
         oracle.drop_copy()  # a compare() that left a hook: the next judgement gets fresh copies
     return score_exercise(ex.id, ex.title, ex.function, points, results)
+
+
+def predictions(lesson, raw) -> list[PredictionResult]:
+    """The lesson's predictions, each recorded (its value as text) or not, from what the child sent."""
+    raw = raw if isinstance(raw, dict) else {}
+    results = []
+    for name, question in lesson.predictions.items():
+        value = raw.get(name)
+        value = value[:300] if isinstance(value, str) else None
+        points = lesson.prediction_points(name)
+        results.append(PredictionResult(name, str(question), value, points if value is not None else 0.0, points))
+    return results
