@@ -93,7 +93,7 @@ class _SandboxedServer:
 
     @classmethod
     def get(cls):
-        from multiprocessing import forkserver, spawn
+        from multiprocessing import forkserver, resource_tracker, spawn
 
         with cls._lock:
             if cls._server is None:
@@ -106,6 +106,7 @@ class _SandboxedServer:
                 wrapper.chmod(0o700)
                 cls._server = forkserver.ForkServer()
                 cls._server.set_forkserver_preload(["minimech.grading.child"])
+                resource_tracker.ensure_running()  # outside the sandbox: ensure_running below would start it in it
                 original = spawn.get_executable()
                 spawn.set_executable(str(wrapper))
                 try:
@@ -290,7 +291,7 @@ def _receive(reader, limit: int) -> bytes:
 def _event(reader) -> dict:
     try:
         event = json.loads(_receive(reader, MAX_EVENT_BYTES))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Tampered("a message that is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("event"), str):
         raise Tampered("a message without an event")

@@ -98,7 +98,7 @@ def _judge_case(ex, case, want, status: str, message: str, structure, tensors: d
         return CaseResult(label, case.weight, status, message)
     try:
         got = decode(structure, tensors)
-    except (WireError, KeyError, TypeError, ValueError):
+    except (WireError, KeyError, TypeError, ValueError, RecursionError):
         return CaseResult(label, case.weight, "error", "your output came back malformed (tampering with the "
                                                        "grader's channel?)")
     try:
