@@ -67,3 +67,26 @@ def test_honest_students_get_full_marks_every_time_beside_wrong_ones(racy_lesson
             assert report.score == expected, (seed, name, [(e.id, e.status, e.message) for e in report.exercises])
         totals.append(json.dumps({n: r.score for n, r in reports.items()}, sort_keys=True))
     assert len(set(totals)) == 1
+
+
+def test_inputs_reach_the_learners_process_as_built_functions_from_checks_py_too():
+    """Case arguments travel pickled; a metric checks.py defines (a lambda, a closure) travels by value, since the
+    learner's process never loads checks.py; one that needs checks.py's own helpers is refused with its name."""
+    import pickle
+
+    import torch
+
+    from minimech.grading.oracle import dumps, loads
+
+    scope = {"__name__": "_minimech_checks_77", "torch": torch}
+    exec("def helper(x):\n    return x\n"
+         "def make(rows):\n    return lambda logits: logits[rows].log_softmax(-1).mean()\n"
+         "def bad(logits):\n    return helper(logits)\n", scope)
+    metric = scope["make"](torch.tensor([1, 0]))
+    logits = torch.randn(2, 5)
+    args = {"metric": metric, "x": torch.arange(3), "nested": [{"k": (1.5, "s")}]}
+    back = loads(dumps(args))
+    assert torch.equal(back["metric"](logits), metric(logits)) and back["metric"] is not metric
+    assert torch.equal(back["x"], args["x"]) and back["nested"] == args["nested"]
+    with pytest.raises(pickle.PicklingError, match="uses checks.py's helper"):
+        dumps({"metric": scope["bad"]})

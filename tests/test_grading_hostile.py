@@ -307,3 +307,25 @@ def swap_mask(text: str) -> str:
     from conftest import swap
 
     return swap(text, "causal_mask", "return torch.zeros(n, n).bool()")
+
+
+def test_a_half_sent_or_oversized_message_cannot_stall_the_grader(monkeypatch):
+    """A child that writes half a message and waits, or announces a huge one, is cut off (as tampering) within
+    the message deadline, instead of blocking the grader's read forever."""
+    import struct
+    from multiprocessing import Pipe
+
+    from minimech.grading import isolation
+
+    monkeypatch.setattr(isolation, "MESSAGE_LIMIT_S", 0.5)
+    reader, writer = Pipe(duplex=False)
+    os.write(writer.fileno(), struct.pack("!i", 100) + b"only part of it")
+    start = time.monotonic()
+    with pytest.raises(isolation.Tampered, match="stalled"):
+        isolation._receive(reader, 1000)
+    assert time.monotonic() - start < 2
+    os.write(writer.fileno(), struct.pack("!i", 10**6))
+    with pytest.raises(isolation.Tampered, match="1000000 bytes"):
+        isolation._receive(reader, 1000)
+    writer.send_bytes(b"whole")  # what a child's Connection sends reads back as it was
+    assert isolation._receive(reader, 1000) == b"whole"

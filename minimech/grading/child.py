@@ -129,6 +129,19 @@ def prediction_values(module, names) -> dict:
     return values
 
 
+def _import_prefix(dotted: str) -> None:
+    """Import the longest importable module prefix of a dotted name ("minimech.analysis.lens.logit_lens")."""
+    import importlib
+
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            importlib.import_module(".".join(parts[:split]))
+            return
+        except ImportError:
+            continue
+
+
 def _send(conn, **event) -> None:
     conn.send_bytes(json.dumps(event).encode())
 
@@ -162,13 +175,16 @@ def child_main(job: dict, conn) -> None:
     arguments = loads(job["payload"])
     learner_file = str(Path(job["workdir"], "lesson.py"))
     Path(learner_file).write_bytes(job["source"])
+    library = {n for _, _, names in job["exercises"] for n in names}
+    for name in library:  # the library's modules, loaded before the learner's file, so that their functions are trapped
+        _import_prefix(name)
     _send(conn, event="ready")
     limit = _vm_size_bytes() + job["memory_limit_mb"] * 2**20  # what is loaded already, plus the lesson's allowance
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     attempts: list = []
     install_import_guard(job["forbidden"], attempts)
     _hide_forbidden_modules(job["forbidden"], attempts)
-    traps = LibraryTraps({n for _, _, library in job["exercises"] for n in library}, outside_library, attempts)
+    traps = LibraryTraps(library, outside_library, attempts)
     traps.install()  # before the learner's file: whatever it binds at import is already the trap
     guard_files(job["secret"], attempts)
     try:

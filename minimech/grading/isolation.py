@@ -18,8 +18,10 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import select
 import shlex
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -279,13 +281,35 @@ class ChannelClosed(Exception):
     """The child's end of the pipe is closed: it died (or closed it)."""
 
 
+MESSAGE_LIMIT_S = 10  # a message must arrive whole within this time of its first byte (a real one takes ms)
+
+
+def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
+    chunks = []
+    while size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Tampered("a message that stalled halfway")
+        if not select.select([fd], [], [], min(left, 0.5))[0]:
+            continue
+        data = os.read(fd, min(size, 1 << 20))
+        if not data:
+            raise ChannelClosed()
+        chunks.append(data)
+        size -= len(data)
+    return b"".join(chunks)
+
+
 def _receive(reader, limit: int) -> bytes:
-    try:
-        return reader.recv_bytes(limit)
-    except EOFError:
-        raise ChannelClosed() from None
-    except OSError as exc:
-        raise Tampered(f"an unreadable message ({exc})") from None
+    """One message in multiprocessing's framing (what the child's Connection.send_bytes writes), read with a
+    deadline and a size limit: a child that sends half a message, or a huge one, cannot stall the grader."""
+    deadline, fd = time.monotonic() + MESSAGE_LIMIT_S, reader.fileno()
+    size = struct.unpack("!i", _read_exactly(fd, 4, deadline))[0]
+    if size == -1:
+        size = struct.unpack("!Q", _read_exactly(fd, 8, deadline))[0]
+    if not 0 <= size <= limit:
+        raise Tampered(f"a message of {size} bytes")
+    return _read_exactly(fd, size, deadline)
 
 
 def _event(reader) -> dict:

@@ -9,10 +9,14 @@ touches no object another thread uses, and every judgement is made on pristine i
 
 from __future__ import annotations
 
+import builtins
+import importlib
 import io
+import marshal
 import pickle
 import threading
 import time
+import types
 import weakref
 
 import torch
@@ -21,13 +25,46 @@ from .api import Case, Exercise, GradingError
 from .runner import build_cases
 
 
+def _rebuild_function(code: bytes, modules: dict, name: str, defaults, cells):
+    """A function checks.py put in a case (a metric the learner's code calls), rebuilt in the learner's process."""
+    closure = None if cells is None else tuple(types.CellType(c) for c in cells)
+    namespace = {"__builtins__": builtins, **{k: importlib.import_module(m) for k, m in modules.items()}}
+    return types.FunctionType(marshal.loads(code), namespace, name, defaults, closure)
+
+
+def _code_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _function_by_value(function):
+    """(rebuild, args) for a function defined in checks.py, which the learner's process cannot import: its code,
+    closure and defaults travel; the checks.py names it uses must be modules (torch, math)."""
+    modules = {}
+    for name in _code_names(function.__code__) & function.__globals__.keys():
+        value = function.__globals__[name]
+        if not isinstance(value, types.ModuleType):
+            raise pickle.PicklingError(f"{function.__qualname__} uses checks.py's {name}: a function in a case may "
+                                       "use only its arguments, its closure and modules (pass values in instead)")
+        modules[name] = value.__name__
+    cells = None if function.__closure__ is None else [c.cell_contents for c in function.__closure__]
+    return _rebuild_function, (marshal.dumps(function.__code__), modules, function.__name__, function.__defaults__,
+                               cells)
+
+
 class _Pickler(pickle.Pickler):
-    """pickle, plus weak references (a model's MLPs point back to it weakly)."""
+    """pickle, plus weak references (a model's MLPs point back to it weakly) and functions defined in checks.py
+    (by value: the learner's process never loads checks.py)."""
 
     def reducer_override(self, obj):
         if type(obj) is weakref.ReferenceType:
             target = obj()
             return (weakref.ref, (target,)) if target is not None else (type(None), ())
+        if isinstance(obj, types.FunctionType) and str(obj.__module__).startswith("_minimech_checks_"):
+            return _function_by_value(obj)
         return NotImplemented
 
 
