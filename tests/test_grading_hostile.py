@@ -20,7 +20,7 @@ import torch
 
 from minimech.grading import fill_solutions, get_lesson
 from minimech.grading.classroom import grade_submissions, write_outputs
-from minimech.grading.sandbox import UID_SPAN, bwrap_works, is_root, processes_of
+from minimech.grading.sandbox import bwrap_works, is_root, processes_of
 
 ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"

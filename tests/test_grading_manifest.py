@@ -2,7 +2,6 @@
 and `grade` refuses to start when a file it uses differs from it, naming the file."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 

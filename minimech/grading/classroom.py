@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from .api import GradingError
-from . import isolation, sandbox
+from . import isolation, launchers, sandbox
 from .checking import Oracle, check_options, run_checks
 from .lessons import Lesson, get_lesson, lessons_root, load_checks
 from .report import ExerciseResult, Report, lost_exercise
@@ -127,7 +127,7 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
 
     verify(lesson, model)
     box = sandbox.choose()
-    isolation.warm_up(box)
+    launchers.warm_up(box)
     start = time.perf_counter()
     secret = [Path(submissions_dir).resolve(), *(Path(o).resolve() for o in outputs if o)]
     if box.mode == "user":
@@ -272,7 +272,7 @@ def autograde(lesson, root_dir: Path, root=None) -> dict:
 
         verify(lesson, model)
         box = sandbox.choose()
-        isolation.warm_up(box)
+        launchers.warm_up(box)
         if box.mode == "user":
             sandbox.protect_answer_keys([lesson.path])
         oracle = Oracle(load_checks(lesson), seed, model)

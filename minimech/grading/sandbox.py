@@ -24,7 +24,6 @@ import functools
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import threading
