@@ -31,7 +31,7 @@ import minimech  # noqa: F401 - imported here so the forkserver has it before fo
 from .lessons import load_module
 from .oracle import loads
 from .runner import FILE_LIMIT_MB, ForbiddenImportError, LibraryTraps, exception_facts, outside_library, run_exercise
-from .sandbox import child_environment, drop_privileges, no_new_privileges
+from .sandbox import SANDBOX_MARKER, child_environment, drop_privileges, no_new_privileges
 from .wire import tensors_to_bytes
 
 MAX_FILE_BYTES = FILE_LIMIT_MB << 20  # the largest file the child may write (its log, its scratch files)
@@ -163,6 +163,8 @@ def _setup(job: dict) -> None:
     os.environ.clear()
     os.environ.update(child_environment(job["workdir"]))
     no_new_privileges()
+    if job.get("in_bwrap") and not os.path.exists(SANDBOX_MARKER):  # never run a submission outside its sandbox
+        raise RuntimeError("the sandbox is not in place (bubblewrap's view is missing): not running the submission")
     if job.get("uid") is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT, NPROC_LIMIT))
         drop_privileges(job["uid"])

@@ -294,7 +294,8 @@ def run_isolated(lesson, source: bytes, exercises: list, oracle, time_limit_s: f
             job = {"lesson_id": lesson.id, "source": source, "exercises": exercises, "payload": oracle.payload,
                    "seed": oracle.seed, "forbidden": lesson.forbidden_imports, "memory_limit_mb": memory_limit_mb,
                    "time_limit_s": time_limit_s, "workdir": str(workdir), "log": str(Path(tmp, "child.log")),
-                   "uid": uid, "secret": hidden, "predictions": list(lesson.predictions), "progress": progress}
+                   "uid": uid, "secret": hidden, "predictions": list(lesson.predictions), "progress": progress,
+                   "in_bwrap": sandbox.launcher != "fork"}
             remaining = [ex_id for ex_id, _, _ in exercises]
             while remaining:
                 remaining = _run_child(job, remaining, outcomes, sandbox, hidden, Path(tmp, "child.log"))

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import types
-from multiprocessing import popen_forkserver
+from multiprocessing import forkserver, popen_forkserver, resource_tracker, spawn
 from pathlib import Path
 
 from .oracle import dumps
@@ -47,10 +47,33 @@ def _run_target(job, writer):
     child_main(job, writer)
 
 
+class _BwrapForkServer(forkserver.ForkServer):
+    """multiprocessing's ForkServer, whose every (re)start runs Python inside bubblewrap (through `wrapper`).
+    ForkServer restarts a dead server from connect_to_new_process: it must never come back outside the sandbox."""
+
+    _exe_lock = threading.Lock()
+
+    def __init__(self, wrapper: Path):
+        super().__init__()
+        self.wrapper = str(wrapper)
+
+    def ensure_running(self):
+        resource_tracker.ensure_running()  # outside the sandbox (ForkServer would start it with our executable)
+        with self._exe_lock:
+            original = spawn.get_executable()
+            spawn.set_executable(self.wrapper)
+            try:
+                super().ensure_running()
+            finally:
+                spawn.set_executable(original)
+
+
 class _SandboxedServer:
     """A forkserver of our own, started inside bubblewrap (the user sandbox, as root): the children it forks see
     only bwrap's view (read-only system and installation, no lessons, no network) and still start in milliseconds;
-    each drops to its own uid. No PID namespace: the pids it reports must be the grader's own."""
+    each drops to its own uid and checks that it is inside the view. No PID namespace (the pids it reports must be
+    the grader's own), and no --die-with-parent (tied to the thread that started it; the server ends by itself
+    when the grader does)."""
 
     _server = None
     _lock = threading.Lock()
@@ -58,26 +81,18 @@ class _SandboxedServer:
 
     @classmethod
     def get(cls):
-        from multiprocessing import forkserver, resource_tracker, spawn
-
         with cls._lock:
             if cls._server is None:
                 cls.work_root = Path(tempfile.mkdtemp(prefix="minimech-sandbox-"))
                 os.chmod(cls.work_root, 0o711)  # children pass through to their own folders; they list nothing
                 wrapper = cls.work_root / "python-in-bwrap"
                 command = bwrap_command(cls.work_root, _always_hidden(), [sys.executable], pid_namespace=False,
-                                        work_inside=str(cls.work_root))
+                                        work_inside=str(cls.work_root), die_with_parent=False)
                 wrapper.write_text(f"#!/bin/sh\nexec {shlex.join(command)} \"$@\"\n")
                 wrapper.chmod(0o700)
-                cls._server = forkserver.ForkServer()
+                cls._server = _BwrapForkServer(wrapper)
                 cls._server.set_forkserver_preload(["minimech.grading.child"])
-                resource_tracker.ensure_running()  # outside the sandbox: ensure_running below would start it in it
-                original = spawn.get_executable()
-                spawn.set_executable(str(wrapper))
-                try:
-                    cls._server.ensure_running()
-                finally:
-                    spawn.set_executable(original)
+                cls._server.ensure_running()
             return cls._server
 
 
@@ -108,7 +123,7 @@ class _SandboxedPopen(popen_forkserver.Popen):
     parent's working folder or __main__ (neither is in the sandbox's view)."""
 
     def _launch(self, process_obj):
-        from multiprocessing import context, forkserver, reduction, spawn, util
+        from multiprocessing import context, reduction, util
 
         prep_data = {k: v for k, v in spawn.get_preparation_data(process_obj._name).items()
                      if k not in ("dir", "init_main_from_path", "init_main_from_name")}

@@ -273,8 +273,11 @@ def _python_dirs() -> list[str]:
     return sorted({str(Path(p).resolve()) for p in paths if p and Path(p).exists()})
 
 
+SANDBOX_MARKER = "/.minimech-sandbox"  # exists only inside bwrap_command's view: a child checks it is there
+
+
 def bwrap_command(workdir: Path, hidden, argv: list[str], pid_namespace: bool = True,
-                  work_inside: str = None) -> list[str]:
+                  work_inside: str = None, die_with_parent: bool = True) -> list[str]:
     """bwrap's command line: the system and Python read-only, `hidden` folders replaced by empty ones (the
     lessons, the submissions), a private /tmp, `workdir` writable as /sandbox, new namespaces, gone with its
     parent."""
@@ -284,8 +287,9 @@ def bwrap_command(workdir: Path, hidden, argv: list[str], pid_namespace: bool = 
                   if is_root() else ["--unshare-all", "--cap-drop", "ALL"])
     if is_root() and pid_namespace:
         namespaces.append("--unshare-pid")
-    command = [shutil.which("bwrap") or "bwrap", *namespaces, "--die-with-parent", "--new-session",
-               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    command = [shutil.which("bwrap") or "bwrap", *namespaces, *(["--die-with-parent"] if die_with_parent else []),
+               "--new-session", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+               "--ro-bind", "/dev/null", SANDBOX_MARKER]
     bound = []
     for path in list(SYSTEM_DIRS) + _python_dirs():
         if Path(path).exists() and not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
