@@ -9,6 +9,7 @@
     minimech lens "PROMPT" --out lens.png          logit lens (--tuned: the tuned lens) as a table and a PNG
     minimech attention "PROMPT" --head L1H2        one head's attention pattern (PNG)
     minimech heads | patch | tuned-lens            head detector scores, IOI activation patching, retrain a lens
+    minimech sae train | eval | feature            sparse autoencoders: train, measure, a feature's dashboard
     minimech lessons | start 02 | check 02 | hint 02.3 | solution 02.3     the graded lessons (learners)
     minimech handout 02 | grade 02 DIR | autograder 02                     ... and for instructors
 
@@ -100,7 +101,7 @@ def print_table(header: list[str], rows: list[list], align: str) -> None:
 def cmd_tour(args) -> int:
     from .tour import run_tour
 
-    tour = run_tour(folder_option(args.out))
+    tour = run_tour(folder_option(args.out), progress=True)
     for section in tour.sections:
         print(f"\n== {section.title}")
         for line in section.lines:
@@ -123,11 +124,8 @@ def cmd_info(args) -> int:
     width = max(map(len, fields))
     for name, value in fields.items():
         print(f"  {name:<{width}}  {value}")
-    actual = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {actual:,} in the model; cfg.n_params() = {cfg.n_params():,} "
-          f"(without embeddings {cfg.n_params(embeddings=False):,})")
-    if actual != cfg.n_params():
-        print(f"  note: the model holds {actual - cfg.n_params():+,} parameters more than the config predicts")
+    for line in parameter_lines(model):
+        print(line)
     tok = model.tokenizer
     if tok is None:
         print("tokenizer: none (the model takes token ids only)")
@@ -140,6 +138,20 @@ def cmd_info(args) -> int:
     if tok is not None and tok.n_vocab != cfg.d_vocab:
         print(f"  note: the tokenizer has {tok.n_vocab:,} tokens but the model's d_vocab is {cfg.d_vocab:,}")
     return 0
+
+
+def parameter_lines(model) -> list[str]:
+    """The parameter count as Hugging Face reports it (a W_U tied to W_E counted once; 124,439,808 for GPT-2 small),
+    TransformerLens's cfg.n_params, and what minimech stores (W_U apart from W_E, and b_U)."""
+    stored = sum(p.numel() for p in model.parameters())
+    W_E, W_U, b_U = model.embed.W_E, model.unembed.W_U, model.unembed.b_U
+    tied = W_U.shape == W_E.T.shape and bool(torch.equal(W_U, W_E.T))
+    no_bias = not bool(b_U.any())
+    unique = stored - tied * W_U.numel() - no_bias * b_U.numel()
+    why = [what for what, yes in (("W_U is W_E transposed, counted once", tied), ("b_U is zero", no_bias)) if yes]
+    return [f"parameters: {unique:,}" + (f" ({'; '.join(why)}, as Hugging Face counts GPT-2)" if why else ""),
+            f"  TransformerLens's cfg.n_params: {model.cfg.n_params:,} (attention and MLP weight matrices only)",
+            f"  stored by minimech: {stored:,} (W_U apart from W_E, so either can be edited alone, and b_U)"]
 
 
 @command("run", "run a prompt: its tokens, the top-k next tokens, and optionally a greedy continuation",
@@ -180,9 +192,21 @@ def cmd_run(args) -> int:
     return 0
 
 
-@command("fetch", "download a model's weights",
-         arg("name", help="the model to download, e.g. gpt2"),
-         arg("--dest", default=None, metavar="DIR", help="where to put it (default: minimech's cache)"))
+FETCH_HELP = """Download an official GPT-2 checkpoint's config.json and model.safetensors from the Hugging Face Hub
+(needs the internet; nothing else in minimech ever downloads). NAME: gpt2 (GPT-2 small, 124M), gpt2-medium,
+gpt2-large, gpt2-xl, distilgpt2, or their Hub names (openai-community/gpt2, ..., distilbert/distilgpt2). The files go
+to $MINIMECH_WEIGHTS/NAME when that is set, else ~/.cache/minimech/NAME (--dest DIR to choose), where `--model NAME`
+finds them. Each file is checked against the size and sha256 in minimech's weights/gpt2-manifest.json (a file it has
+no checksum for is reported as unverified). Files download into DIR.partial and appear in DIR only when complete and
+checked: a failed fetch leaves nothing behind, except a partial transfer, which the next fetch resumes. Offline? Run
+it on a machine with internet and copy the folder, or put the Hub's files there by hand."""
+
+
+@command("fetch", "download an official GPT-2 checkpoint (needs the internet): gpt2, gpt2-medium, ...",
+         arg("name", metavar="NAME", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or distilgpt2 (or a Hub name)"),
+         arg("--dest", default=None, metavar="DIR",
+             help="where to put it (default $MINIMECH_WEIGHTS/NAME, else ~/.cache/minimech/NAME)"),
+         description=FETCH_HELP)
 def cmd_fetch(args) -> int:
     from .loading import fetch
 
@@ -220,6 +244,11 @@ from .cli_analysis import register as register_analysis_commands  # noqa: E402
 
 register_analysis_commands(command, arg, print_table, load_model, MODEL_HELP)
 
+# `minimech sae ...` (sparse autoencoders) lives in cli_sae.py.
+from .cli_sae import register as register_sae_commands  # noqa: E402
+
+register_sae_commands(command, arg, print_table, load_model)
+
 # The lesson commands (lessons, start, check, hint, solution, handout, grade, autograder) live with the grader.
 from .grading.cli_commands import register as register_lesson_commands  # noqa: E402
 
@@ -231,6 +260,9 @@ register_lesson_commands(command, arg, print_table)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimech", description="A readable GPT-2 for mechanistic interpretability.")
     parser.add_argument("--version", action="version", version=f"minimech {__version__}")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load weights without checking their sha256 (minimech's cards, GPT-2's published "
+                             "files); GPT-2 small is then not recognised, so its paper checks do not run")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
@@ -296,6 +328,8 @@ def run_command(argv: list[str] | None) -> int:
     except SystemExit as e:  # usage errors (status 2), --help and --version (status 0)
         return e.code if isinstance(e.code, int) else 1
     debug = os.environ.get("MINIMECH_DEBUG", "") not in ("", "0")
+    if args.no_verify:
+        os.environ["MINIMECH_NO_VERIFY"] = "1"  # read by load(), here and in the processes a check or grade starts
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

@@ -18,16 +18,28 @@ from .errors import MinimechError
 MODEL_FLAG = ("--model",)
 
 
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr for work that may take more than a few seconds (GPT-2-sized models)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
 def register(command, arg, print_table, load_model, model_help: str) -> None:
     model_arg = arg("--model", default=None, help=model_help)
 
     @command("lens", "the logit lens (or the tuned lens) of a prompt: top token per layer and position, as a PNG",
-             arg("prompt"), model_arg, arg("--tuned", action="store_true", help="use the model's tuned lens"),
+             arg("prompt"), model_arg,
+             arg("--tuned", action="store_true", help="use the model's tuned lens (shipped beside a shipped model; "
+                                                      "for another, where `minimech tuned-lens MODEL` saved it)"),
+             arg("--lens-file", default=None, metavar="FILE",
+                 help="a tuned lens file to use (implies --tuned), e.g. one `minimech tuned-lens MODEL --out FILE` "
+                      "wrote; it must have been trained for this model's weights"),
              arg("-k", type=int, default=3, help="top tokens to print at the last position (default 3)"),
              arg("--out", default="minimech-out/lens.png", metavar="PNG"))
     def cmd_lens(args) -> int:
         from . import plot
-        from .analysis import logit_lens, tuned_lens_for
+        from .analysis import TunedLens, logit_lens, tuned_lens_for
 
         if args.k < 1:  # before loading the model; the upper bound needs it
             raise MinimechError(f"-k must be at least 1, got {args.k}")
@@ -35,7 +47,9 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         if args.k > model.cfg.d_vocab:
             raise MinimechError(f"-k must be between 1 and the model's vocabulary size {model.cfg.d_vocab}, "
                                 f"got {args.k}")
-        lens = tuned_lens_for(model) if args.tuned else None
+        args.tuned = args.tuned or args.lens_file is not None
+        lens = None if not args.tuned else tuned_lens_for(model) if args.lens_file is None else \
+            TunedLens.load(args.lens_file, model)
         result = logit_lens(model, args.prompt, pos=None, k=args.k, lens=lens)
         probs, cells = result.grid()
         str_tokens = model.to_str_tokens(args.prompt)
@@ -89,7 +103,9 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         grid = torch.cat([s for s in scores.values()], dim=1)  # [n_layers, 3 * n_heads]
         columns = [f"{kind.split('_')[0][:4]} H{h}" for kind in scores for h in range(model.cfg.n_heads)]
         path = plot.heatmap(grid, [f"L{l}" for l in range(model.cfg.n_layers)], columns, args.out,
-                            title="head detector scores (repeated random tokens)", cmap="Blues", center=None)
+                            title="head detector scores (repeated random tokens)", cmap="Blues", center=None,
+                            xlabel="detector (prev: previous-token, dupl: duplicate-token, indu: induction) and head",
+                            ylabel="layer", cbar_label="score: mean attention to the detector's key (0 to 1)")
         rows = []
         for kind, s in scores.items():
             best = s.flatten().topk(min(3, s.numel()))
@@ -121,16 +137,23 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
         else:
             ds = ioi_dataset(model, n=1, seed=0)
             clean, corrupt, metric = ds.tokens, ds.abc().tokens, ds.logit_diff()
-        resid = patch_resid(model, clean, corrupt, metric, normalise=True)  # [n_layers, pos]
-        heads = patch_heads(model, clean, corrupt, metric, normalise=True)  # [n_layers, n_heads]
+        with progress_bar(2, "patching (resid_pre by position, then heads)") as bar:
+            resid = patch_resid(model, clean, corrupt, metric, normalise=True)  # [n_layers, pos]
+            bar.update()
+            heads = patch_heads(model, clean, corrupt, metric, normalise=True)  # [n_layers, n_heads]
+            bar.update()
         str_tokens = model.to_str_tokens(clean[0])
         print(f"clean:   {model.to_string(clean[0])!r}\ncorrupt: {model.to_string(corrupt[0])!r}")
         prefix = Path(args.out)
         layers = [f"L{l}" for l in range(model.cfg.n_layers)]
+        effect = "patched logit difference, normalised (0 = corrupted run, 1 = clean run)"
         p1 = plot.heatmap(resid, layers, [repr(s) for s in str_tokens], f"{prefix}_resid.png",
-                          title="resid_pre patched clean -> corrupt (1 = clean behaviour)")
+                          title="resid_pre patched clean -> corrupt (1 = clean behaviour)",
+                          xlabel="position patched (clean token)", ylabel="layer (resid_pre of the block)",
+                          cbar_label=effect)
         p2 = plot.heatmap(heads, layers, [f"H{h}" for h in range(model.cfg.n_heads)], f"{prefix}_heads.png",
-                          title="head outputs patched clean -> corrupt (all positions)")
+                          title="head outputs patched clean -> corrupt (all positions)", xlabel="head",
+                          ylabel="layer", cbar_label=effect)
         top = heads.flatten().abs().topk(min(5, heads.numel())).indices.tolist()
         print_table(["head", "patched effect"], [[f"L{i // heads.shape[1]}H{i % heads.shape[1]}",
                                                   f"{heads.flatten()[i]:+.2f}"] for i in top], "<>")
@@ -141,22 +164,28 @@ def register(command, arg, print_table, load_model, model_help: str) -> None:
              arg("model", nargs="?", default=None, help=model_help),
              arg("--steps", type=int, default=300, help="AdamW steps (default 300)"),
              arg("--seed", type=int, default=0, help="seed for the corpus text and the batches (default 0)"),
+             arg("--docs", type=int, default=None, metavar="N",
+                 help="corpus documents to train on (default 800; N // 2 more are held out for the figures)"),
              arg("--out", default=None, metavar="FILE",
-                 help="where to save (default, for a shipped model: weights/NAME/tuned_lens.safetensors)"),
+                 help="where to save (default: weights/NAME/tuned_lens.safetensors for a shipped model, else "
+                      "./minimech-out/tuned-lens/NAME.safetensors, where `lens --tuned` looks)"),
              arg("--threads", type=int, default=None, help="torch threads (default: torch's choice)"))
     def cmd_tuned_lens(args) -> int:
         from .analysis.tuned_lens import train_tuned_lens, tuned_lens_path
 
         if args.steps < 1:
             raise MinimechError(f"--steps must be at least 1, got {args.steps}")
+        if args.docs is not None and args.docs < 2:
+            raise MinimechError(f"--docs must be at least 2, got {args.docs}")
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         model = load_model(args.model)
-        out = args.out or tuned_lens_path(model)  # a model without a shipped folder needs --out
-        lens = train_tuned_lens(model, steps=args.steps, seed=args.seed)
-        path = lens.save(out)
+        out = Path(args.out) if args.out else tuned_lens_path(model)
+        print(f"training the tuned lens of {model.cfg.model_name} ({model.cfg.n_layers} layers); it is saved to "
+              f"{out} (+ .json) as soon as it is trained, then again with its held-out figures", flush=True)
+        lens = train_tuned_lens(model, steps=args.steps, seed=args.seed, save_to=out, docs=args.docs)
         kl = lens.info["kl_nats"]
-        print(f"trained the tuned lens in {lens.info['training']['wall_time_s']:.0f} s; saved to {path} (+ .json)")
+        print(f"trained the tuned lens in {lens.info['training']['wall_time_s']:.0f} s; saved to {out} (+ .json)")
         print("held-out KL(final || lens) in nats:")
         print_table(["point", "logit lens", "tuned lens"],
                     [[label, f"{a:.3f}", f"{b:.3f}"] for label, a, b in

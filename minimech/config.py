@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .errors import MinimechError
 
 
@@ -58,15 +60,35 @@ class GPTConfig:
     def d_vocab_out(self) -> int:
         return self.d_vocab
 
-    def n_params(self, embeddings: bool = True) -> int:
-        """Parameter count as minimech stores it (W_U counted separately from W_E even when HF ties them)."""
+    # Where the model's weights live, as TransformerLens's cfg.device and cfg.dtype say it. Not fields: they describe
+    # one model's placement, not its architecture (to_dict leaves them out); the GPT that owns this config updates
+    # them whenever it moves (tl_compat.TransformerLensMixin._apply).
+    device = torch.device("cpu")
+    dtype = torch.float32
+    # TransformerLens's optional hook points, switched per model with model.set_use_attn_in(True) etc. (tl_compat.py)
+    use_attn_result = use_attn_in = use_split_qkv_input = use_hook_mlp_in = False
+
+    @property
+    def n_params(self) -> int:
+        """TransformerLens's cfg.n_params: the weights of attention (W_Q, W_K, W_V, W_O) and MLPs (W_in, W_out) only,
+        without embeddings, biases or LayerNorms (84,934,656 for GPT-2 small). param_count() counts everything."""
+        attention = 4 * self.d_model * self.d_head * self.n_heads
+        mlp = 0 if self.attn_only else 2 * self.d_model * self.d_mlp
+        return self.n_layers * (attention + mlp)
+
+    def param_count(self, embeddings: bool = True, tied: bool = True) -> int:
+        """Every parameter, as Hugging Face's num_parameters() counts GPT-2 (124,439,808 for GPT-2 small): with
+        tied=True the unembedding W_U counts as the embedding W_E it is tied to; tied=False counts it apart (and
+        b_U, which GPT-2 lacks and minimech keeps at zero), as minimech stores them. embeddings=False leaves out
+        W_E, W_pos, W_U and b_U."""
         hd = self.n_heads * self.d_head
         per_block = 4 * hd * self.d_model + 3 * hd + self.d_model + 2 * self.d_model  # attention + its biases + ln1
         if not self.attn_only:
             per_block += 2 * self.d_model * self.d_mlp + self.d_mlp + self.d_model + 2 * self.d_model  # mlp + ln2
-        total = self.n_layers * per_block + 2 * self.d_model
+        total = self.n_layers * per_block + 2 * self.d_model  # + ln_final
         if embeddings:
-            total += 2 * self.d_vocab * self.d_model + self.n_ctx * self.d_model + self.d_vocab
+            total += self.d_vocab * self.d_model + self.n_ctx * self.d_model
+            total += 0 if tied else self.d_vocab * self.d_model + self.d_vocab
         return total
 
     def replace(self, **changes) -> "GPTConfig":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ import minimech
 from .errors import MinimechError, UsageError
 from . import loading  # looked up at call time, so a test (or a user) can point weights_dir elsewhere
 from .loading import ALIASES, ChecksumError, sha256_file
+from .published import read_manifest
 
 HF_BASE_URL = "https://huggingface.co"
 
@@ -30,20 +30,15 @@ class FetchError(MinimechError):
 
 # ---- Downloading the official checkpoints --------------------------------------------------------------------------
 
-def read_manifest() -> dict:
-    path = loading.weights_dir() / "gpt2-manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FetchError(f"cannot read the checksum manifest {path} ({e}): reinstall minimech") from None
-
-
 def _offline(url: str, err, part: Path) -> FetchError:
+    folder = part.parent  # fetch downloads into DEST.partial: the files belong in DEST
+    folder = folder.with_name(folder.name.removesuffix(".partial"))
+    kept = part.exists() and part.stat().st_size > 0
     return FetchError(
-        f"could not download {url} ({err}). This machine may be offline. Either run `minimech fetch` on a machine "
-        f"with internet and copy the folder it prints, or download config.json and model.safetensors by hand from "
-        f"the Hub into {part.parent}. " + (f"The partial file {part} is kept; the next fetch resumes it."
-                                           if part.exists() else ""))
+        f"could not download {url} ({err}). This machine may be offline (fetch needs the internet). Either run "
+        f"`minimech fetch` on a machine with internet and copy the folder it prints, or download config.json and "
+        f"model.safetensors by hand from the Hub into {folder}. "
+        + (f"The partial file {part} is kept; the next fetch resumes it." if kept else "Nothing was left behind."))
 
 
 def download(url: str, target, *, size: int | None = None, sha256: str | None = None, progress: bool = True) -> Path:
@@ -115,6 +110,9 @@ def fetch(name: str, dest=None, progress: bool = True, *, base_url: str = HF_BAS
 
     dest: default $MINIMECH_WEIGHTS/<name> if set, else ~/.cache/minimech/<name> (where load(name) looks).
     Checked against weights/gpt2-manifest.json; files it has no checksum for are reported as unverified.
+    Files download into the folder DEST.partial and move into DEST only when every one is complete and checked, so a
+    failed fetch never leaves a half checkpoint where load() looks. On failure the .partial folder is removed (with any
+    folder fetch created for it), unless it holds part of a transfer: then it is kept, and the next fetch resumes it.
     """
     name = ALIASES.get(name, name)
     manifest = read_manifest()
@@ -125,19 +123,49 @@ def fetch(name: str, dest=None, progress: bool = True, *, base_url: str = HF_BAS
     dest = Path(dest) if dest is not None else loading.download_dir(name)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is a file: fetch writes a folder (config.json + model.safetensors)")
+    # A manifest entry may pin the commit its checksums were taken at, so that a later change on `main` cannot turn
+    # into a checksum failure.
+    revision = entry.get("revision", "main")
+    todo = {filename: spec for filename, spec in entry["files"].items()
+            if not ((dest / filename).exists() and _intact(dest / filename, spec.get("size"), spec.get("sha256"),
+                                                           spec.get("git_blob_sha1")))}  # a second fetch: nothing
+    if not todo:
+        return dest
+    staging = dest.with_name(dest.name + ".partial")
+    made = [p for p in (staging, *staging.parents) if not p.exists()]  # what fetch creates, removed on failure
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        for filename, spec in todo.items():
+            url = f"{base_url.rstrip('/')}/{entry['repo']}/resolve/{revision}/{filename}"
+            size, sha256, sha1 = spec.get("size"), spec.get("sha256"), spec.get("git_blob_sha1")
+            part = staging / filename
+            if not (part.exists() and _intact(part, size, sha256, sha1)):  # a whole file from an earlier failed run
+                download(url, part, size=size, sha256=sha256, progress=progress)
+            if sha1 is not None and not _intact(part, None, None, sha1):  # size and sha256: checked by download()
+                part.unlink()
+                raise ChecksumError(f"{url}: git blob id differs from the manifest's {sha1}; deleted it; run fetch "
+                                    "again")
+    except BaseException:  # also Ctrl-C: a transfer under way stays resumable, anything else goes
+        _clean_up(staging, made)
+        raise
     dest.mkdir(parents=True, exist_ok=True)
-    for filename, spec in entry["files"].items():
-        # A manifest entry may pin the commit its checksums were taken at, so that a later change on `main` cannot
-        # turn into a checksum failure.
-        revision = entry.get("revision", "main")
-        target, url = dest / filename, f"{base_url.rstrip('/')}/{entry['repo']}/resolve/{revision}/{filename}"
-        size, sha256, sha1 = spec.get("size"), spec.get("sha256"), spec.get("git_blob_sha1")
-        if target.exists() and _intact(target, size, sha256, sha1):
-            continue  # already here: a second fetch costs nothing
-        download(url, target, size=size, sha256=sha256, progress=progress)
-        if sha1 is not None and not _intact(target, None, None, sha1):  # size and sha256: checked by download()
-            target.unlink()
-            raise ChecksumError(f"{url}: git blob id differs from the manifest's {sha1}; deleted it; run fetch again")
-        if sha256 is None and sha1 is None:
-            warnings.warn(f"{target}: unverified: no published checksum in the manifest", stacklevel=2)
+    for filename, spec in todo.items():
+        os.replace(staging / filename, dest / filename)
+        if spec.get("sha256") is None and spec.get("git_blob_sha1") is None:
+            warnings.warn(f"{dest / filename}: unverified: no published checksum in the manifest", stacklevel=2)
+    _clean_up(staging, made)
     return dest
+
+
+def _clean_up(staging: Path, made: list[Path]) -> None:
+    """Remove the staging folder unless a partial transfer (a non-empty .part) is in it, then the now-empty folders
+    fetch created for it."""
+    if any(p.suffix == ".part" and p.stat().st_size > 0 for p in staging.iterdir()):
+        return
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    for folder in made:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another file arrived) or already gone: leave it
+            break

@@ -166,7 +166,8 @@ class HookedModule(nn.Module):
         """Run the model and keep the activations selected by `names` (all of them by default).
 
         Returns (logits, ActivationCache). `hook_result` (each head's output in d_model) is computed only when it is
-        named explicitly, as it costs n_heads times the attention output's memory. Activations are detached unless
+        named explicitly (or after model.set_use_attn_result(True)), as it costs n_heads times the attention output's
+        memory. Activations are detached unless
         grad=True; the forward runs without autograd unless grad=True.
         """
         from .cache import ActivationCache
@@ -177,8 +178,9 @@ class HookedModule(nn.Module):
             if names is not None:
                 raise UnknownHookError("give names or names_filter (the same argument), not both")
             names = names_filter
-        if names is None:
-            selected = [n for n in self.hook_names if not n.endswith("hook_result")]
+        if names is None:  # hook_result too after model.set_use_attn_result(True), as in TransformerLens
+            keep_result = getattr(self.cfg, "use_attn_result", False)
+            selected = [n for n in self.hook_names if keep_result or not n.endswith("hook_result")]
         else:
             selected = self.resolve_hook_names(names)
         store: dict[str, torch.Tensor] = {}

@@ -16,7 +16,6 @@ import importlib.resources
 import json
 import os
 import re
-import urllib.error
 from pathlib import Path
 
 import torch
@@ -220,7 +219,7 @@ def _is_model_dir(directory: Path) -> bool:
     return minimech_format or ((directory / "config.json").is_file() and _weights_file(directory) is not None)
 
 
-def _load_hf(directory: Path, weights: Path, model_name: str, device, dtype) -> GPT:
+def _load_hf(directory: Path, weights: Path, model_name: str, verify: bool, device, dtype) -> GPT:
     config = directory / "config.json"
     try:
         cfg = from_hf_config(config, model_name=model_name)
@@ -228,11 +227,15 @@ def _load_hf(directory: Path, weights: Path, model_name: str, device, dtype) -> 
         raise e if str(config) in str(e) else ConfigError(f"{config}: {e}") from None
     except TypeError as e:  # e.g. a string where a number belongs
         raise ConfigError(f"{config} has a malformed field ({e}): restore the original config.json") from None
+    published = check_published(weights) if verify else None  # before reading it: a damaged file fails here
     params = hf_to_minimech(_read_tensors(weights), cfg, what=str(weights))
     model = GPT(cfg, tokenizer=Tokenizer() if cfg.d_vocab == GPT2_N_VOCAB else None, init=False)
     model.load_state_dict(params)
     model.source = str(weights)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if published is not None:  # identify_gpt2 reads these: which published checkpoint, and the weights it loaded
+        model.published_as, model.published_fingerprint = published, fingerprint(model)
+    return model
 
 
 def _load_card(directory: Path, verify: bool, device, dtype) -> GPT:
@@ -290,7 +293,7 @@ def _load_dir(path: Path, model_name: str | None, verify: bool, device, dtype) -
     if weights is None:
         raise WeightsNotFoundError(f"{directory} has a config.json but no weights ({', '.join(WEIGHT_FILES)}): "
                                    "copy model.safetensors into it, or run `minimech fetch` again to finish a download")
-    return _load_hf(directory, weights, model_name or directory.resolve().name, device, dtype)
+    return _load_hf(directory, weights, model_name or directory.resolve().name, verify, device, dtype)
 
 
 # ---- Finding a preset's weights ------------------------------------------------------------------------------------
@@ -337,6 +340,9 @@ def _load_name(name: str, verify: bool, device, dtype) -> GPT:
     # One line, like every MinimechError (the CLI prints it as `minimech: error: ...`).
     places = "; ".join(f"{d}" + (" (exists, but has no config.json + model.safetensors)" if d.is_dir() else "")
                        for d in looked)
+    partial = download_dir(name).with_name(name + ".partial")
+    if partial.is_dir():
+        places += f". A fetch of {name} stopped part way: {partial} holds it; `minimech fetch {name}` resumes it"
     raise WeightsNotFoundError(
         f"no weights for {name!r} on this machine (minimech never downloads on its own). Looked in: {places}. "
         f"To get them: run `minimech fetch {name}` (on a machine with internet; it writes to {download_dir(name)}), "
@@ -344,15 +350,19 @@ def _load_name(name: str, verify: bool, device, dtype) -> GPT:
         "(set MINIMECH_WEIGHTS=/some/folder to add <folder>/" + name + "), or pass a path to load().")
 
 
-def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32, verify: bool = True) -> GPT:
+def load(name_or_path=None, *, device="cpu", dtype: torch.dtype = torch.float32, verify: bool | None = None) -> GPT:
     """Load a model, in eval mode, on `device` in `dtype`.
 
     name_or_path: a preset name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"); a directory
     (Hugging Face format: config.json + model.safetensors or pytorch_model.bin; or minimech's card.json +
     model.safetensors); a weights file next to its config.json; or None for the default shipped model.
-    verify: check minimech-format files against the sha256 in their card.
+    verify: check minimech-format files against the sha256 in their card, and Hugging Face files that
+    weights/gpt2-manifest.json lists (same name and size) against its sha256; the model then knows it is that
+    published checkpoint (identify_gpt2). Default: True, unless $MINIMECH_NO_VERIFY=1 (the CLI's --no-verify).
     """
     _check_load_arguments(name_or_path, device, dtype)
+    if verify is None:
+        verify = os.environ.get("MINIMECH_NO_VERIFY", "") in ("", "0")
     if name_or_path is None:
         default = weights_dir() / "DEFAULT"
         if not default.is_file():
@@ -463,5 +473,7 @@ def save(model: GPT, directory, card_extra: dict | None = None) -> Path:
     return directory
 
 
-# Downloading lives in fetching.py; these names stay importable from here.
-from .fetching import FetchError, HF_BASE_URL, download, fetch, read_manifest  # noqa: E402,F401
+# Downloading lives in fetching.py, the manifest and knowing GPT-2 small in published.py; these names stay importable.
+from .fetching import FetchError, HF_BASE_URL, download, fetch  # noqa: E402,F401
+from .published import (GPT2Identity, check_published, fingerprint, identify_gpt2, is_gpt2_small,  # noqa: E402,F401
+                        read_manifest)

@@ -9,7 +9,6 @@ Hugging Face stores the same weights differently (Conv1D, one fused qkv matrix);
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 
 import torch
@@ -17,17 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .errors import MinimechError, UsageError
+from .errors import UsageError
 from .hooks import HookedModule, HookPoint
 from .objects import Heads, Memories
+from .tl_compat import TransformerLensMixin, split_attention_inputs
 from .tokenizer import PromptTooLongError, TokenizerError, TokenTypeError
 
 # Every hook's shape, by name; "{l}" is any layer. tests/test_model.py runs a model whose sizes all differ and checks
-# each cached activation against this table. hook_result exists only when asked for (it is n_heads x attn_out).
+# each cached activation against this table. hook_result exists only when asked for (it is n_heads x attn_out); the
+# input hooks exist only after model.set_use_attn_in / set_use_split_qkv_input / set_use_hook_mlp_in (tl_compat.py).
 HOOK_SHAPES = {
     "hook_embed": ("batch", "pos", "d_model"),
     "hook_pos_embed": ("batch", "pos", "d_model"),
     "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_attn_in": ("batch", "pos", "head", "d_model"),  # optional, as the next three
+    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),
+    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),
+    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),
     "blocks.{l}.ln1.hook_scale": ("batch", "pos", 1),
     "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
     "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
@@ -39,6 +44,7 @@ HOOK_SHAPES = {
     "blocks.{l}.attn.hook_result": ("batch", "pos", "head", "d_model"),
     "blocks.{l}.hook_attn_out": ("batch", "pos", "d_model"),
     "blocks.{l}.hook_resid_mid": ("batch", "pos", "d_model"),  # not in attention-only models
+    "blocks.{l}.hook_mlp_in": ("batch", "pos", "d_model"),  # optional
     "blocks.{l}.ln2.hook_scale": ("batch", "pos", 1),  # ln2 and mlp: not in attention-only models
     "blocks.{l}.ln2.hook_normalized": ("batch", "pos", "d_model"),
     "blocks.{l}.mlp.hook_pre": ("batch", "pos", "d_mlp"),
@@ -114,10 +120,14 @@ class Attention(nn.Module):
     def heads(self) -> Heads:
         return Heads(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, d_model], after ln1
-        q = self.hook_q(torch.einsum("bpm,hme->bphe", x, self.W_Q) + self.b_Q)  # [batch, pos, head, d_head]
-        k = self.hook_k(torch.einsum("bpm,hme->bphe", x, self.W_K) + self.b_K)  # [batch, pos, head, d_head]
-        v = self.hook_v(torch.einsum("bpm,hme->bphe", x, self.W_V) + self.b_V)  # [batch, pos, head, d_head]
+    def forward(self, x: torch.Tensor, x_k: torch.Tensor | None = None, x_v: torch.Tensor | None = None):
+        # x: [batch, pos, d_model] after ln1. With TransformerLens's per-head inputs (tl_compat.py), x, x_k and x_v are
+        # the queries', keys' and values' own inputs, [batch, pos, head, d_model] each.
+        x_k, x_v = (x if x_k is None else x_k), (x if x_v is None else x_v)
+        eq = "bpm,hme->bphe" if x.ndim == 3 else "bphm,hme->bphe"
+        q = self.hook_q(torch.einsum(eq, x, self.W_Q) + self.b_Q)  # [batch, pos, head, d_head]
+        k = self.hook_k(torch.einsum(eq, x_k, self.W_K) + self.b_K)  # [batch, pos, head, d_head]
+        v = self.hook_v(torch.einsum(eq, x_v, self.W_V) + self.b_V)  # [batch, pos, head, d_head]
         if self.hook_attn_scores.is_hooked or self.hook_pattern.is_hooked:
             pos = x.shape[1]
             attn_scores = torch.einsum("bqhe,bkhe->bhqk", q / math.sqrt(self.cfg.d_head), k)  # [batch, head, q, k]
@@ -184,11 +194,16 @@ class Block(nn.Module):
 
     def forward(self, resid_pre: torch.Tensor) -> torch.Tensor:
         resid_pre = self.hook_resid_pre(resid_pre)  # [batch, pos, d_model]
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))  # [batch, pos, d_model]
+        if self.cfg.use_attn_in or self.cfg.use_split_qkv_input:  # TransformerLens's per-head inputs (tl_compat.py)
+            attn_out = self.attn(*(self.ln1(x) for x in split_attention_inputs(self, resid_pre)))
+        else:
+            attn_out = self.attn(self.ln1(resid_pre))
+        attn_out = self.hook_attn_out(attn_out)  # [batch, pos, d_model]
         if self.cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)  # [batch, pos, d_model]
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))  # [batch, pos, d_model]
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid  # optional hook
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))  # [batch, pos, d_model]
         return self.hook_resid_post(resid_mid + mlp_out)  # [batch, pos, d_model]
 
 
@@ -202,15 +217,16 @@ class Unembed(nn.Module):
         return x @ self.W_U + self.b_U
 
 
-class GPT(HookedModule):
+class GPT(TransformerLensMixin, HookedModule):
     """GPT-2: embed + pos_embed -> n_layers blocks -> ln_final -> unembed.
 
     `model(tokens)` gives logits [batch, pos, d_vocab]; a string is tokenized first (with BOS, see tokenizer.py).
+    TransformerLens's stacked weights (model.W_Q, model.b_O, model.OV ...) and helpers come from tl_compat.py.
     """
 
     def __init__(self, cfg: GPTConfig, tokenizer=None, seed: int | None = 0, init: bool = True):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.replace()  # this model's own copy: its device, dtype and hook switches are its own
         self.tokenizer = tokenizer
         self.source = "random init"  # where the weights came from; loading.py sets it
         self.card: dict = {}  # a shipped model's card (training, metrics, mechanisms); loading.py fills it
@@ -238,29 +254,40 @@ class GPT(HookedModule):
             elif name.split(".")[-1].startswith("W_"):
                 p.normal_(0, 0.02, generator=gen)
 
-    def forward(self, tokens, return_type: str = "logits", stop_at_layer: int | None = None):
-        """tokens: [batch, pos] ids (or a string). return_type: "logits", "loss", "both" or None.
-
-        stop_at_layer=l returns the residual stream before block l (resid_pre of l) instead of logits.
+    def forward(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
+                prepend_bos: bool | None = None, start_at_layer: int | None = None, stop_at_layer: int | None = None,
+                tokens: torch.Tensor | None = None):
+        """input: [batch, pos] ids, or text (tokenized with BOS unless prepend_bos=False). As in TransformerLens:
+        return_type "logits", "loss" (loss_per_token: [batch, pos - 1]), "both" or None; stop_at_layer=l returns the
+        residual stream before block l; start_at_layer=l takes that stream [batch, pos, d_model] as input and runs
+        blocks l.. (a loss then needs tokens=). Layers may count from the end (-1 is the last block).
         """
         if return_type not in ("logits", "loss", "both", None):
             raise UsageError(f"return_type={return_type!r}: choose 'logits', 'loss', 'both' or None")
-        if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
-            raise UsageError(f"stop_at_layer={stop_at_layer}: use {-self.cfg.n_layers} .. {self.cfg.n_layers}")
-        tokens = self.check_tokens(tokens)
-        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
-        for block in self.blocks[:stop_at_layer]:
+        for name, layer in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if layer is not None and not -self.cfg.n_layers <= layer <= self.cfg.n_layers:
+                raise UsageError(f"{name}={layer}: use {-self.cfg.n_layers} .. {self.cfg.n_layers}")
+        if start_at_layer is None:
+            tokens = self.check_tokens(input, prepend_bos)
+            embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+            pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
+        else:
+            resid = self.check_resid(input, start_at_layer)  # [batch, pos, d_model]
+            tokens = None if tokens is None else self.check_tokens(tokens)
+        for block in self.blocks[start_at_layer:stop_at_layer]:
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
-        logits = self.unembed(self.ln_final(resid))  # [batch, pos, d_vocab]
+        normalized = self.ln_final(resid)  # [batch, pos, d_model]
+        if return_type is None:  # as TransformerLens: ln_final's hooks run, the unembedding does not
+            return None
+        logits = self.unembed(normalized)  # [batch, pos, d_vocab]
         if return_type == "logits":
             return logits
-        if return_type is None:
-            return None
-        loss = self.loss(logits, tokens)
+        if tokens is None:
+            raise UsageError(f"return_type={return_type!r} with start_at_layer needs the token ids: pass tokens=")
+        loss = self.loss(logits, tokens, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
     @staticmethod
@@ -273,11 +300,12 @@ class GPT(HookedModule):
         nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
         return nll if per_token else nll.mean()
 
-    def check_tokens(self, tokens) -> torch.Tensor:
-        """tokens as a LongTensor [batch, pos], or one clear error: text is tokenized (BOS first); prompts of
-        different lengths are refused, since padding would be read as if it were text."""
+    def check_tokens(self, tokens, prepend_bos: bool | None = None) -> torch.Tensor:
+        """tokens as a LongTensor [batch, pos], or one clear error: text is tokenized (BOS first unless prepend_bos
+        is False); prompts of different lengths are refused, since padding would be read as if it were text."""
         if isinstance(tokens, (str, list)) and (isinstance(tokens, str) or (tokens and isinstance(tokens[0], str))):
-            tokens, mask = self.to_tokens(tokens, return_mask=True)
+            bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+            tokens, mask = self.to_tokens(tokens, prepend_bos=bos, return_mask=True)
             if not bool(mask.all()):
                 raise TokenizerError(f"the prompts have different numbers of tokens {mask.sum(1).tolist()}, so a "
                                      "batch of them is padded and position -1 would read padding: give prompts of "
@@ -301,46 +329,6 @@ class GPT(HookedModule):
             raise TokenizerError(f"token ids must lie in [0, {self.cfg.d_vocab}), got ids from {lo} to {hi}: "
                                  "were they made by another model's tokenizer?")
         return tokens
-
-    # Tokenizer conveniences, as on a TransformerLens HookedTransformer.
-    def _tok(self):
-        if self.tokenizer is None:
-            raise MinimechError("this model has no tokenizer: pass token ids, or build it with a Tokenizer")
-        return self.tokenizer
-
-    def to_tokens(self, text, prepend_bos: bool = True, return_mask: bool = False):
-        tokens, mask = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx, return_mask=True)
-        unk = getattr(self.tokenizer, "unk_id", None)
-        if unk is not None and bool((tokens == unk).any()):  # a word the compact vocabulary never saw: say so
-            warnings.warn(f"{int((tokens == unk).sum())} token(s) of {text!r} are not in this model's "
-                          "vocabulary and read as <unk>: model.to_str_tokens(prompt) shows which", stacklevel=2)
-        return (tokens, mask) if return_mask else tokens
-
-    def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
-        return self._tok().to_str_tokens(x, prepend_bos=prepend_bos)
-
-    def to_string(self, tokens):
-        return self._tok().to_string(tokens)
-
-    def to_single_token(self, text: str) -> int:
-        return self._tok().to_single_token(text)
-
-    # Weights under TransformerLens's short names, stacked over layers: model.W_Q is [layer, head, d_model, d_head].
-    W_E = property(lambda self: self.embed.W_E)
-    W_pos = property(lambda self: self.pos_embed.W_pos)
-    W_U = property(lambda self: self.unembed.W_U)
-    b_U = property(lambda self: self.unembed.b_U)
-    W_Q = property(lambda self: torch.stack([b.attn.W_Q for b in self.blocks]))
-    W_K = property(lambda self: torch.stack([b.attn.W_K for b in self.blocks]))
-    W_V = property(lambda self: torch.stack([b.attn.W_V for b in self.blocks]))
-    W_O = property(lambda self: torch.stack([b.attn.W_O for b in self.blocks]))
-    W_in = property(lambda self: torch.stack([b.mlp.W_in for b in self.blocks]))
-    W_out = property(lambda self: torch.stack([b.mlp.W_out for b in self.blocks]))
-
-    def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
-        from .sampling import generate
-
-        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
     def __repr__(self) -> str:
         c = self.cfg

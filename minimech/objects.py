@@ -18,42 +18,76 @@ class FactoredMatrix:
     """A d_in x d_out matrix kept as A @ B with a small inner dimension (a head's OV or QK circuit).
 
     Never materialises the full product unless asked (`.AB`): eigenvalues and singular values come from the small
-    factors, which matters when A @ B would be d_vocab x d_vocab.
+    factors, which matters when A @ B would be d_vocab x d_vocab. Leading dimensions broadcast, as in
+    TransformerLens: model.OV is [n_layers, n_heads, d_model, d_model] and model.OV[5, 1] one head's circuit.
     """
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor):
+        if not (isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor)) or A.ndim < 2 or B.ndim < 2:
+            raise ValueError(f"a FactoredMatrix needs two tensors of at least 2 dimensions, got "
+                             f"{_describe(A)} and {_describe(B)}")
         if A.shape[-1] != B.shape[-2]:
             raise ValueError(f"inner dimensions differ: A is {tuple(A.shape)}, B is {tuple(B.shape)}")
-        self.A, self.B = A, B  # [d_in, d_inner], [d_inner, d_out]
+        self.A, self.B = A, B  # [..., d_in, d_inner], [..., d_inner, d_out]
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.A.shape[-2], self.B.shape[-1])
+    def shape(self) -> tuple[int, ...]:  # [..., d_in, d_out]
+        return tuple(torch.broadcast_shapes(self.A.shape[:-2], self.B.shape[:-2])) + (self.A.shape[-2],
+                                                                                      self.B.shape[-1])
 
     @property
-    def AB(self) -> torch.Tensor:  # [d_in, d_out]
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def AB(self) -> torch.Tensor:  # [..., d_in, d_out]
         return self.A @ self.B
 
     @property
-    def BA(self) -> torch.Tensor:  # [d_inner, d_inner]: same non-zero eigenvalues as AB
+    def BA(self) -> torch.Tensor:  # [..., d_inner, d_inner]: same non-zero eigenvalues as AB
         return self.B @ self.A
 
     @property
     def T(self) -> "FactoredMatrix":
         return FactoredMatrix(self.B.transpose(-1, -2), self.A.transpose(-1, -2))
 
-    def __matmul__(self, other: torch.Tensor) -> "FactoredMatrix":
+    def __matmul__(self, other):
+        """self @ other: a FactoredMatrix for a matrix or another FactoredMatrix (the product keeps the narrower inner
+        dimension), a plain tensor for a vector."""
+        if isinstance(other, FactoredMatrix):
+            if self.A.shape[-1] <= other.A.shape[-1]:
+                return FactoredMatrix(self.A, self.B @ other.A @ other.B)
+            return FactoredMatrix(self.A @ self.B @ other.A, other.B)
+        if isinstance(other, torch.Tensor) and other.ndim == 1:
+            return self.A @ (self.B @ other)  # [..., d_in]
         return FactoredMatrix(self.A, self.B @ other)
 
-    def __rmatmul__(self, other: torch.Tensor) -> "FactoredMatrix":
+    def __rmatmul__(self, other):
+        if isinstance(other, torch.Tensor) and other.ndim == 1:
+            return (other @ self.A) @ self.B  # [..., d_out]
         return FactoredMatrix(other @ self.A, self.B)
+
+    def __mul__(self, scalar) -> "FactoredMatrix":
+        return FactoredMatrix(self.A * scalar, self.B)
+
+    __rmul__ = __mul__
+
+    def __getitem__(self, index) -> "FactoredMatrix":
+        """Index the leading dimensions only: model.OV[5] is layer 5's heads, model.OV[5, 1] head L5H1."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > self.ndim - 2:
+            raise IndexError(f"a FactoredMatrix of shape {self.shape} takes at most {self.ndim - 2} indices (its "
+                             "leading dimensions); use .AB for entries of the product")
+        A = self.A.expand(*self.shape[:-2], *self.A.shape[-2:])
+        B = self.B.expand(*self.shape[:-2], *self.B.shape[-2:])
+        return FactoredMatrix(A[index], B[index])
 
     def eigenvalues(self) -> torch.Tensor:
         """Eigenvalues of A @ B (complex in general). AB and BA share their non-zero eigenvalues, so when the inner
         dimension is the smaller one they come from the small d_inner x d_inner matrix B @ A."""
-        if self.shape[0] != self.shape[1]:
+        if self.shape[-2] != self.shape[-1]:
             raise ValueError(f"eigenvalues need a square matrix; this one is {self.shape}")
-        small = self.BA if self.A.shape[-1] <= self.shape[0] else self.AB
+        small = self.BA if self.A.shape[-1] <= self.shape[-1] else self.AB
         complex_dtype = torch.complex128 if small.dtype == torch.float64 else torch.complex64
         return torch.linalg.eigvals(small.double()).to(complex_dtype)
 
@@ -68,11 +102,15 @@ class FactoredMatrix:
         return self.svd()[1]
 
     def norm(self) -> torch.Tensor:
-        """Frobenius norm of A @ B."""
-        return self.singular_values().norm()
+        """Frobenius norm of A @ B (one per matrix when there are leading dimensions)."""
+        return self.singular_values().pow(2).sum(-1).sqrt()
 
     def __repr__(self) -> str:
-        return f"FactoredMatrix {self.shape[0]}x{self.shape[1]} of rank <= {self.A.shape[-1]}"
+        return f"FactoredMatrix {'x'.join(map(str, self.shape))} of rank <= {self.A.shape[-1]}"
+
+
+def _describe(x) -> str:
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 class Head:

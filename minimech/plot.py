@@ -56,13 +56,30 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def _grid(ax, values, row_labels, col_labels, cmap, vmin, vmax, title=""):
-    """One labelled heatmap on ax; returns the image for a colorbar."""
+def _grid(ax, values, row_labels, col_labels, cmap, vmin, vmax, title="", xlabel="", ylabel=""):
+    """One labelled heatmap on ax, its axes titled; returns the image for a colorbar."""
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=8)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
-    ax.set_title(title)
+    fig = ax.get_figure()
+    ax.set_title(_wrap(title, fig.get_figwidth() / len(fig.axes), 11), fontsize=11)
+    ax.set_xlabel(_wrap(xlabel, fig.get_figwidth() / len(fig.axes), 8), fontsize=8)
+    ax.set_ylabel(_wrap(ylabel, fig.get_figheight(), 8), fontsize=8)
     return image
+
+
+def _wrap(text: str, inches: float, fontsize: float) -> str:
+    """text in lines that fit `inches` at `fontsize` points (a character is about 0.6 em wide), so that a small
+    figure shows its whole title and labels."""
+    import textwrap
+
+    width = max(12, int(inches * 72 / (0.6 * fontsize)) - 8)
+    return textwrap.fill(text, width) if text else text
+
+
+def _colorbar(fig, image, ax, label: str) -> None:
+    """A colour bar that says what its colours measure, and in what units."""
+    fig.colorbar(image, ax=ax).set_label(_wrap(label, fig.get_figheight(), 8), fontsize=8)
 
 
 def attention(pattern, str_tokens, path, title: str = "") -> Path:
@@ -72,16 +89,17 @@ def attention(pattern, str_tokens, path, title: str = "") -> Path:
     _check_labels(str_tokens, pattern.shape[0], "query positions", "str_tokens")
     fig = _figure(*pattern.shape)
     ax = fig.add_subplot()
-    image = _grid(ax, pattern, labels, labels, "Blues", 0.0, 1.0, title)
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
-    fig.colorbar(image, ax=ax)
+    image = _grid(ax, pattern, labels, labels, "Blues", 0.0, 1.0, title, xlabel="key: the token attended to",
+                  ylabel="query: the token attending")
+    _colorbar(fig, image, ax, "attention probability (0 to 1; each row sums to 1)")
     return _save(fig, path)
 
 
 def heatmap(values, row_labels, col_labels, path, title: str = "", cmap: str = "RdBu",
-            center: float | None = 0) -> Path:
-    """values [rows, cols]; with center set, the colour scale is symmetric around it (so center is white in RdBu)."""
+            center: float | None = 0, *, xlabel: str = "", ylabel: str = "", cbar_label: str = "") -> Path:
+    """values [rows, cols]; with center set, the colour scale is symmetric around it (so center is white in RdBu).
+    xlabel / ylabel title the axes (what the columns and rows are); cbar_label says what the colours measure and in
+    what units (e.g. "logit difference (nats)")."""
     values = _array(values, "values", 2)
     rows = _check_labels(row_labels, values.shape[0], "rows", "row_labels")
     cols = _check_labels(col_labels, values.shape[1], "columns", "col_labels")
@@ -93,13 +111,15 @@ def heatmap(values, row_labels, col_labels, path, title: str = "", cmap: str = "
         vmin, vmax = center - reach, center + reach
     fig = _figure(*values.shape)
     ax = fig.add_subplot()
-    fig.colorbar(_grid(ax, values, rows, cols, cmap, vmin, vmax, title), ax=ax)
+    _colorbar(fig, _grid(ax, values, rows, cols, cmap, vmin, vmax, title, xlabel, ylabel), ax, cbar_label)
     return _save(fig, path)
 
 
-def lens(probs, row_labels, col_labels, path, cell_text=None, title: str = "") -> Path:
+def lens(probs, row_labels, col_labels, path, cell_text=None, title: str = "",
+         cbar_label: str = "probability of the top token (0 to 1)") -> Path:
     """A logit-lens grid: probs [n_points, pos] (rows = points/layers, columns = positions) coloured 0..1, and
-    cell_text [n_points][pos] (e.g. each cell's top token) written in the cells. LensResult.grid() gives both."""
+    cell_text [n_points][pos] (e.g. each cell's top token) written in the cells. LensResult.grid() gives both
+    (grid(target=id) gives one token's probability: say so in cbar_label)."""
     probs = _array(probs, "probs", 2)
     rows = _check_labels(row_labels, probs.shape[0], "rows", "row_labels")
     cols = _check_labels(col_labels, probs.shape[1], "columns", "col_labels")
@@ -109,14 +129,14 @@ def lens(probs, row_labels, col_labels, path, cell_text=None, title: str = "") -
             _check_labels(row, probs.shape[1], "columns", "cells in a row of cell_text")
     fig = _figure(probs.shape[0], probs.shape[1] * 2)  # wider cells: they hold text
     ax = fig.add_subplot()
-    image = _grid(ax, probs, rows, cols, "Blues", 0.0, 1.0, title)
+    image = _grid(ax, probs, rows, cols, "Blues", 0.0, 1.0, title, xlabel="position: the input token",
+                  ylabel="residual stream (before block L)")
     if cell_text is not None:
         for i, row in enumerate(cell_text):
             for j, text in enumerate(row):
                 colour = "white" if probs[i, j] > 0.5 else "black"  # readable on dark and light cells
                 ax.text(j, i, repr(str(text))[1:-1][:8], ha="center", va="center", fontsize=7, color=colour)
-    ax.set_xlabel("position")
-    fig.colorbar(image, ax=ax)
+    _colorbar(fig, image, ax, cbar_label)
     return _save(fig, path)
 
 
@@ -143,7 +163,8 @@ def curves(history: list[dict], keys: list[str], path, title: str = "", x: str =
     return _save(fig, path)
 
 
-def trace(scores, str_tokens, path, subject_positions=(), title: str = "") -> Path:
+def trace(scores, str_tokens, path, subject_positions=(), title: str = "",
+          cbar_label: str = "P(answer) after restoring (0 to 1)") -> Path:
     """Causal-trace heatmaps, one per kind: scores {kind: [n_layers, pos]} drawn with rows = tokens, columns =
     layers, as in ROME; subject rows are marked with '*'. A TraceResult may be passed as scores."""
     if hasattr(scores, "scores"):  # a TraceResult: unpack, nothing computed
@@ -162,9 +183,8 @@ def trace(scores, str_tokens, path, subject_positions=(), title: str = "") -> Pa
         if values.shape != (n_layers, n_pos):
             raise PlotError(f"scores[{kind!r}] has shape {values.shape}, the others {(n_layers, n_pos)}")
         image = _grid(ax, values.T, rows, [str(l) for l in range(n_layers)], TRACE_CMAPS.get(kind, "Blues"),
-                      None, None, f"restoring {kind}")
-        ax.set_xlabel("layer")
-        fig.colorbar(image, ax=ax)
+                      None, None, f"restoring {kind}", xlabel="layer restored", ylabel="token (* subject)")
+        _colorbar(fig, image, ax, cbar_label)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

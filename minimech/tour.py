@@ -34,8 +34,12 @@ class Section:
 class Tour:
     sections: list[Section] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    bar: object = None  # a tqdm progress bar over the sections, when run_tour(progress=True)
 
     def add(self, title: str) -> Section:
+        if self.bar is not None:
+            self.bar.update(len(self.sections) - self.bar.n)  # the sections before this one are done
+            self.bar.set_description(title[:40])
         self.sections.append(Section(title))
         return self.sections[-1]
 
@@ -71,10 +75,14 @@ def induction_section(tour: Tour, model, name: str, out: Path) -> None:
         tour.files.append(plot.curves(history, keys, out / f"{name}-training.png", title=f"{name}: training"))
 
 
-def run_tour(out_dir: str | Path = "minimech-out") -> Tour:
+def run_tour(out_dir: str | Path = "minimech-out", progress: bool = False) -> Tour:
+    from tqdm import tqdm
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tour, model = Tour(), load()
+    sections = 5 + ("attn-only-2l" in shipped_models())
+    tour = Tour(bar=tqdm(total=sections, unit="section", leave=False, disable=not progress))
+    model = load()
     name = model.card.get("name", "default")
 
     s = tour.add(f"Top next tokens of {name} after {IOI_PROMPT!r}")
@@ -114,4 +122,6 @@ def run_tour(out_dir: str | Path = "minimech-out") -> Tour:
                    else "")]
     tour.files.append(plot.trace(trace, trace.str_tokens, out / f"{name}-causal-trace.png",
                                  subject_positions=trace.subject_positions, title=f"{name}: {prompt}{answer}"))
+    tour.bar.update(tour.bar.total - tour.bar.n)
+    tour.bar.close()
     return tour

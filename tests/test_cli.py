@@ -60,9 +60,11 @@ def test_info_on_a_hf_dir(hf_dir, capsys):
     for field, value in cfg.to_dict().items():
         if field != "model_name":
             assert re.search(rf"^\s+{field}\s+{re.escape(str(value))}$", out, re.M), field
-    # minimech stores W_U apart from W_E (HF ties them) and has an unembedding bias b_U (zeros for GPT-2).
-    actual = sum(p.numel() for p in hf.parameters()) + cfg.d_vocab * cfg.d_model + cfg.d_vocab
-    assert f"parameters: {actual:,} in the model; cfg.n_params() = {cfg.n_params():,} " in out
+    # Hugging Face's own count (tied W_U once); minimech also stores W_U apart from W_E and a zero b_U
+    assert f"parameters: {hf.num_parameters():,} (W_U is W_E transposed, counted once; b_U is zero" in out
+    assert f"TransformerLens's cfg.n_params: {2 * (4 * 32 * 32 + 2 * 32 * 128):,} " in out
+    stored = sum(p.numel() for p in hf.parameters()) + cfg.d_vocab * cfg.d_model + cfg.d_vocab
+    assert f"stored by minimech: {stored:,} " in out
     assert str(path) in out  # where the weights came from
     assert "full vocabulary of 50,257 tokens" in out
 

@@ -138,6 +138,22 @@ def test_factored_matrix_against_dense(d_in, inner, seed):
     for e in ev:  # every eigenvalue of BA is one of AB's
         assert (dense_ev - e).abs().min() < 1e-4 * max(1.0, e.abs().item())
     torch.testing.assert_close(fm.norm(), torch.linalg.norm(dense))
+    # a product of two factored matrices (a composition circuit) is one whose eigenvalues work, against the dense one
+    C, D = torch.randn(d_in, inner + 1, generator=g, dtype=torch.float64), torch.randn(inner + 1, d_in, generator=g,
+                                                                                       dtype=torch.float64)
+    product = fm @ FactoredMatrix(C, D)
+    torch.testing.assert_close(product.AB, dense @ C @ D)
+    assert product.A.shape[-1] == inner  # it keeps the narrower inner dimension
+    dense_ev = torch.linalg.eigvals(dense @ C @ D)
+    for e in product.eigenvalues().to(torch.complex128):
+        assert (dense_ev - e).abs().min() < 1e-4 * max(1.0, e.abs().item())
+    vector = torch.randn(d_in, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fm @ vector, dense @ vector)
+    torch.testing.assert_close(vector @ fm, vector @ dense)
+    stacked = FactoredMatrix(torch.stack([A, 2 * A]), B)  # leading dimensions broadcast, as model.OV's [layer, head]
+    assert stacked.shape == (2, d_in, d_in)
+    torch.testing.assert_close(stacked[1].AB, 2 * dense)
+    torch.testing.assert_close(stacked.norm(), torch.stack([torch.linalg.norm(dense), torch.linalg.norm(2 * dense)]))
 
 
 def test_memories_are_key_value_pairs(odd_model):
@@ -172,3 +188,21 @@ def test_analysis_calls_leave_parameters_bit_identical():
     model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, h: x * 0)])
     model(tokens, return_type="both")
     assert_unchanged(model, before)
+
+
+def test_accumulated_resid_is_a_tensor_with_labels(odd_model):
+    """TransformerLens code does `acc @ W_U`, `acc.shape`, `acc[0]`; minimech code reads .labels, .tensor and
+    acc["L1_pre"]. Both work, on the cached residual streams themselves."""
+    _, cache = odd_model.run_with_cache(random_tokens(ODD, 2, 7))
+    acc = cache.accumulated_resid()
+    assert isinstance(acc, torch.Tensor) and acc.shape == (3, 2, 7, 11) and acc.labels == ["L0_pre", "L1_pre", "final"]
+    assert torch.equal(acc[0], cache["resid_pre", 0]) and torch.equal(acc["final"], cache["resid_post", 1])
+    assert torch.equal(acc @ odd_model.W_U, torch.stack([cache["resid_pre", 0], cache["resid_pre", 1],
+                                                         cache["resid_post", 1]]) @ odd_model.W_U)
+    assert type(acc @ odd_model.W_U) is torch.Tensor and type(acc.tensor) is torch.Tensor
+    assert [label for label, _ in acc.items()] == acc.labels and acc.norms().shape == (3, 2, 7)
+    ln, labels = cache.accumulated_resid(apply_ln=True, return_labels=True, pos_slice=-1)
+    assert labels == ["0_pre", "1_pre", "final_post"]  # TransformerLens's labels in TransformerLens's tuple form
+    torch.testing.assert_close(ln[-1], odd_model.ln_final(cache["resid_post", 1])[:, -1])  # ln_final, recomputed
+    with pytest.raises(CacheKeyError, match="no component"):
+        acc["L7_pre"]

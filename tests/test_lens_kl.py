@@ -11,6 +11,7 @@ from conftest import ODD, assert_unchanged, random_model, random_tokens, snapsho
 
 import minimech
 from minimech import GPTConfig
+from minimech.analysis import lens as lens_module
 from minimech.analysis.lens import lens_kl, logit_lens
 from minimech.analysis.tuned_lens import (TunedLens, TunedLensError, model_sha256, train_tuned_lens, tuned_lens_for,
                                           tuned_lens_path)
@@ -56,7 +57,7 @@ def test_kl_to_final_matches_torch_kl_div_and_is_zero_at_the_final_point(odd_mod
     assert (kl[:-1] > 0).all()  # random points are not the final distribution, and KL >= 0
 
 
-def test_lens_kl_is_the_mean_of_explicit_sums_over_every_row_and_position(odd_model):
+def test_lens_kl_is_the_mean_of_explicit_sums_over_every_row_and_position(odd_model, monkeypatch):
     tokens = random_tokens(ODD, 5, 7, seed=2)
     before = snapshot(odd_model)
     lp = hand_lens(odd_model, tokens).double()  # [n_points, batch, pos, d_vocab]
@@ -71,6 +72,10 @@ def test_lens_kl_is_the_mean_of_explicit_sums_over_every_row_and_position(odd_mo
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
     assert got[-1] == 0
     assert_unchanged(odd_model, before)
+    # memory bounds (GPT-2's 42.8 GB in one allocation, before): one row a forward, 3 positions' log-probs a chunk
+    monkeypatch.setattr(lens_module, "FORWARD_TOKENS", 1)
+    monkeypatch.setattr(lens_module, "LOGITS_BYTES", 3 * 3 * ODD.d_vocab * 4)
+    torch.testing.assert_close(lens_kl(odd_model, tokens).double(), expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- the tuned lens ------------------------------------------------------------------------------------------------
@@ -116,6 +121,21 @@ def test_training_lowers_held_out_kl_at_every_layer_leaves_the_model_alone_and_i
     assert not torch.equal(other.W, lens.W)
 
 
+def test_training_in_chunks_of_positions_is_the_same_training(monkeypatch, tmp_path):
+    """Each step's gradient accumulated over chunks of positions (so that a GPT-2-sized step stays within a few GB)
+    is the gradient of the whole batch: the same lens, and it is saved where save_to says."""
+    model = random_model(ATTN_ONLY, seed=4)
+    train, heldout = random_tokens(ATTN_ONLY, 16, 12, seed=1), random_tokens(ATTN_ONLY, 8, 12, seed=2)
+    kwargs = dict(steps=5, batch_size=40, lr=3e-2, tokens=train, heldout=heldout, progress=False)
+    whole = train_tuned_lens(model, seed=0, **kwargs)
+    monkeypatch.setattr(lens_module, "LOGITS_BYTES", 7 * 3 * ATTN_ONLY.d_vocab * 4)  # 7 positions a chunk
+    chunked = train_tuned_lens(model, seed=0, save_to=tmp_path / "lens.safetensors", **kwargs)
+    torch.testing.assert_close(chunked.W, whole.W, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked.b, whole.b, atol=1e-5, rtol=1e-4)
+    back = TunedLens.load(tmp_path / "lens.safetensors", model)
+    assert torch.equal(back.W, chunked.W) and back.info["kl_nats"] == chunked.info["kl_nats"]
+
+
 def test_save_load_round_trip_and_refusals(tmp_path, odd_model):
     lens = TunedLens.for_model(odd_model)
     with torch.no_grad():
@@ -148,9 +168,13 @@ def test_save_load_round_trip_and_refusals(tmp_path, odd_model):
         TunedLens.load(damaged, odd_model)
 
 
-def test_tuned_lens_for_needs_a_shipped_model_with_a_saved_lens(odd_model, monkeypatch, tmp_path):
-    with pytest.raises(TunedLensError, match="train_tuned_lens"):
-        tuned_lens_for(odd_model)  # no card: not a shipped model
+def test_tuned_lens_for_needs_a_saved_lens(odd_model, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TunedLensError, match="minimech-out/tuned-lens/odd.safetensors does not exist.*train_tuned"):
+        tuned_lens_for(odd_model)  # no card: not a shipped model, so the lens lives in ./minimech-out/tuned-lens
+    lens = TunedLens.for_model(odd_model)
+    lens.save(tuned_lens_path(odd_model))  # where `minimech tuned-lens` saves it
+    assert torch.equal(tuned_lens_for(odd_model).W, lens.W)
     odd_model.card = {"name": "not-shipped"}
     monkeypatch.setattr("minimech.loading.weights_dir", lambda: tmp_path)
     with pytest.raises(TunedLensError, match="no tuned lens saved for 'not-shipped'.*minimech tuned-lens"):

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+import minimech  # noqa: E402
 from minimech import GPT, GPTConfig, MinimechError, from_hf_config  # noqa: E402
 from minimech import loading  # noqa: E402
 from minimech.config import ConfigError  # noqa: E402
@@ -479,7 +480,7 @@ def test_fetch_checks_git_blob_id(clean_env, monkeypatch):
             else:
                 with pytest.raises(ChecksumError, match="git blob id"):
                     loading.fetch("gpt2", clean_env / "bad", progress=False, base_url=server.url)
-                assert list((clean_env / "bad").iterdir()) == []
+                assert not (clean_env / "bad").exists() and not (clean_env / "bad.partial").exists()
         finally:
             server.close()
 
@@ -504,6 +505,78 @@ def test_shipped_manifest():
             assert set(entry["files"]) == {"config.json", "model.safetensors"} and entry["_note"]
     st = manifest["gpt2"]["files"]["model.safetensors"]
     assert st == {"size": 548105171, "sha256": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"}
+    # load() also checks the published pytorch_model.bin (fetch downloads only what "files" lists)
+    assert manifest["gpt2"]["verified_files"]["pytorch_model.bin"]["size"] == 548118077 and manifest["gpt2"][
+        "_verified_note"]
+
+
+def test_fetch_offline_leaves_nothing_behind(clean_env, monkeypatch):
+    """Offline, fetch leaves no folder (not even the parents it would have made); a partial transfer is kept in
+    DEST.partial, never in DEST where load() looks, and load's error says how to resume it."""
+    monkeypatch.setenv("MINIMECH_WEIGHTS", str(clean_env / "mw"))
+    manifest = {"gpt2": {"repo": "r/gpt2", "_note": "test", "files": {"config.json": {"size": 5, "sha256": None}}}}
+    (clean_env / "shipped/gpt2-manifest.json").write_text(json.dumps(manifest))
+    server = Server({})
+    url = server.url
+    server.close()
+    with pytest.raises(FetchError, match="needs the internet.*Nothing was left behind"):
+        loading.fetch("gpt2", progress=False, base_url=url)
+    assert not (clean_env / "mw").exists()
+    config = b'{"model_type": "gpt2"}'
+    manifest = {"gpt2": {"repo": "r/gpt2", "_note": "test", "files": {
+        "config.json": {"size": len(config), "sha256": hashlib.sha256(config).hexdigest()},
+        "model.safetensors": {"size": 1000, "sha256": "0" * 64}}}}
+    (clean_env / "shipped/gpt2-manifest.json").write_text(json.dumps(manifest))
+    server = Server({"/r/gpt2/resolve/main/config.json": config,
+                     "/r/gpt2/resolve/main/model.safetensors": b"x" * 400})  # the transfer stops at 400 of 1000
+    try:
+        with pytest.raises(FetchError, match="stopped at 400 of 1000 bytes.*is kept; the next fetch resumes"):
+            loading.fetch("gpt2", progress=False, base_url=server.url)
+    finally:
+        server.close()
+    assert not (clean_env / "mw/gpt2").exists()
+    assert (clean_env / "mw/gpt2.partial/model.safetensors.part").stat().st_size == 400
+    with pytest.raises(WeightsNotFoundError, match="gpt2.partial holds it; `minimech fetch gpt2` resumes it"):
+        load("gpt2")
+
+
+def published_file(clean_env, monkeypatch, name="published"):
+    """A small random checkpoint entered in a test manifest as if it were GPT-2 small's published file (name, size,
+    sha256), with GPT-2 small's architecture made that checkpoint's (tests/test_gpt2_route.py does the same with a
+    GPT-2-small-shaped one): the only way to test recognition offline."""
+    hf = hf_model(**ODD_A)
+    monkeypatch.setitem(minimech.config.PRESETS, "gpt2", from_hf_config(hf.config.to_dict(), model_name="gpt2"))
+    directory = write_hf_dir(clean_env / name, hf)
+    data = (directory / "model.safetensors").read_bytes()
+    manifest = {"gpt2": {"repo": "openai-community/gpt2", "_note": "test", "files": {
+        "config.json": {"size": None, "sha256": None},
+        "model.safetensors": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}}}
+    (clean_env / "shipped/gpt2-manifest.json").write_text(json.dumps(manifest))
+    return directory, directory / "model.safetensors"
+
+
+def test_published_file_is_checked_and_recognised(clean_env, monkeypatch):
+    """GPT-2 small is known by its weights: a file the manifest lists (name and size) is hashed, and a flipped byte
+    is a ChecksumError (verify=False skips it, and then the model is not recognised); a file the manifest does not
+    list loads unchecked and unrecognised, whatever the name it was loaded by."""
+    directory, weights = published_file(clean_env, monkeypatch)
+    model = load(directory)
+    identity = loading.identify_gpt2(model)
+    assert identity.is_gpt2_small and loading.is_gpt2_small(model) and "sha256" in identity.reason
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out[0, 0] += 1.0  # changed after loading: no longer the published weights
+    assert not loading.is_gpt2_small(model) and "changed since loading" in loading.identify_gpt2(model).reason
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 1  # one flipped bit in the tensor data: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="is damaged.*has the size of gpt2's published model.safetensors"):
+        load(directory)
+    unchecked = load(directory, verify=False)
+    assert not loading.is_gpt2_small(unchecked) and loading.identify_gpt2(unchecked).checkpoint == "gpt2"
+    other = write_hf_dir(clean_env / "gpt2", hf_model(seed=1, **ODD_A), fmt="bin")  # named like GPT-2, not its file
+    identity = loading.identify_gpt2(load(other))
+    assert not identity.is_gpt2_small and "does not list" in identity.reason
+    assert loading.identify_gpt2(load(write_hf_dir(clean_env / "odd", hf_model(**ODD_B)))).checkpoint is None
 
 
 def test_report_parity():

@@ -21,11 +21,14 @@ def template(name: str) -> str:
     return re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
 
 
-def expected_hook_names(cfg: GPTConfig) -> set[str]:
-    no_mlp = ("hook_resid_mid", "ln2.", "mlp.", "hook_mlp_out")
+OPTIONAL_HOOKS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")  # TL's flags
+
+
+def expected_hook_names(cfg: GPTConfig, optional: bool = False) -> set[str]:
+    no_mlp = ("hook_resid_mid", "ln2.", "mlp.", "hook_mlp_out", "hook_mlp_in")
     names = set()
     for t in HOOK_SHAPES:
-        if cfg.attn_only and any(s in t for s in no_mlp):
+        if cfg.attn_only and any(s in t for s in no_mlp) or not optional and t.endswith(OPTIONAL_HOOKS):
             continue
         names |= {t.format(l=l) for l in range(cfg.n_layers)} if "{l}" in t else {t}
     return names
@@ -39,6 +42,26 @@ def test_every_hook_has_the_shape_in_the_table(odd_model):
         dims = HOOK_SHAPES[template(name)]
         want = tuple(d if isinstance(d, int) else ODD_DIMS[d] for d in dims)
         assert tuple(act.shape) == want, f"{name}: {tuple(act.shape)} != {dims}"
+
+
+def test_optional_input_hooks_appear_with_the_table_shapes_and_leave_the_logits_alone(odd_model):
+    """TransformerLens's use_attn_in / use_split_qkv_input / use_hook_mlp_in: the hook points exist only when switched
+    on; ln1 then runs per head (its hooks gain a head axis, as in TransformerLens); the logits do not change."""
+    tokens = random_tokens(ODD, ODD_DIMS["batch"], ODD_DIMS["pos"])
+    before = odd_model(tokens)
+    for switch in (odd_model.set_use_attn_in, odd_model.set_use_split_qkv_input, odd_model.set_use_hook_mlp_in):
+        switch(True)
+    _, cache = odd_model.run_with_cache(tokens, names=lambda n: True)
+    assert set(cache.keys()) == expected_hook_names(ODD, optional=True) == set(odd_model.hook_names)
+    per_head = {"ln1.hook_scale": ("batch", "pos", "head", 1), "ln1.hook_normalized": ("batch", "pos", "head", "d_model")}
+    for name, act in cache.items():
+        dims = next((d for k, d in per_head.items() if name.endswith(k)), HOOK_SHAPES[template(name)])
+        want = tuple(d if isinstance(d, int) else ODD_DIMS[d] for d in dims)
+        assert tuple(act.shape) == want, f"{name}: {tuple(act.shape)} != {dims}"
+    torch.testing.assert_close(odd_model(tokens), before, atol=1e-5, rtol=1e-5)
+    for switch in (odd_model.set_use_attn_in, odd_model.set_use_split_qkv_input, odd_model.set_use_hook_mlp_in):
+        switch(False)
+    assert set(odd_model.hook_names) == expected_hook_names(ODD)
 
 
 def test_hook_names_equal_attribute_paths(odd_model):
@@ -164,13 +187,27 @@ def test_bad_tokens_get_clear_errors(odd_model):
 def test_config_presets_and_parameter_count():
     for name, cfg in minimech.PRESETS.items():
         assert cfg.d_head * cfg.n_heads == cfg.d_model and cfg.d_mlp == 4 * cfg.d_model, name
-    assert ODD.n_params() == sum(p.numel() for p in GPT(ODD).parameters())
+    # tied=False counts what minimech stores (W_U apart from W_E, and b_U)
+    assert ODD.param_count(tied=False) == sum(p.numel() for p in GPT(ODD).parameters())
     attn_only = GPTConfig(n_layers=2, n_heads=2, d_model=8, n_ctx=6, d_vocab=10, attn_only=True)
-    assert attn_only.n_params() == sum(p.numel() for p in GPT(attn_only).parameters())
+    assert attn_only.param_count(tied=False) == sum(p.numel() for p in GPT(attn_only).parameters())
+    # TransformerLens's n_params: attention and MLP weight matrices only (84,934,656 for GPT-2 small)
+    assert ODD.n_params == sum(p.numel() for n, p in GPT(ODD).named_parameters() if n.endswith(
+        ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")))
     with pytest.raises(ConfigError, match="not divisible"):
         GPTConfig(d_model=10, n_heads=3)
     with pytest.raises(ConfigError, match="act_fn"):
         GPTConfig(act_fn="swish")
+
+
+def test_parameter_count_is_hugging_faces():
+    """param_count() is what Hugging Face reports (tied W_U counted once): 124,439,808 for GPT-2 small."""
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=24, n_head=3, n_positions=16, vocab_size=50)
+    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    cfg = minimech.from_hf_config(hf_cfg.to_dict())
+    assert cfg.param_count() == hf.num_parameters()
+    assert cfg.param_count(embeddings=False) == hf.num_parameters(exclude_embeddings=True)
 
 
 def test_from_hf_config_matches_transformers():

@@ -71,3 +71,25 @@ def test_trace(tmp_path):
         plot.trace(scores, TOKENS[:3], tmp_path / "bad.png")
     with pytest.raises(PlotError, match="mlp"):
         plot.trace({"resid": torch.rand(2, 4), "mlp": torch.rand(3, 4)}, TOKENS, tmp_path / "bad.png")
+
+
+def test_every_grid_has_titled_axes_and_a_labelled_colour_bar(tmp_path, monkeypatch):
+    """What the CLI draws (lens, attention, heads and patching grids, causal traces): each grid's axes say what the
+    rows and columns are, and each colour bar what its colours measure, with units."""
+    seen = []
+
+    def capture(fig, path):  # read the figure before _save clears it
+        grids = [ax for ax in fig.axes if ax.images]
+        bars = [ax for ax in fig.axes if not ax.images]
+        seen.append(([(ax.get_xlabel(), ax.get_ylabel()) for ax in grids], [ax.get_ylabel() for ax in bars]))
+        return path
+
+    monkeypatch.setattr(plot, "_save", capture)
+    grid = np.random.default_rng(0).random((3, 4))
+    plot.attention(grid[:, :3].T @ grid[:, :3] / 3, TOKENS[:3], tmp_path / "a.png")
+    plot.lens(grid, ["L0_pre", "L1_pre", "final"], TOKENS, tmp_path / "l.png")
+    plot.trace({"mlp": grid, "attn": grid}, TOKENS, tmp_path / "t.png")
+    plot.heatmap(grid, ["L0", "L1", "L2"], ["H0", "H1", "H2", "H3"], tmp_path / "h.png", xlabel="head",
+                 ylabel="layer", cbar_label="logit difference (nats)")
+    for axes, bars in seen:
+        assert axes and all(x and y for x, y in axes) and len(bars) == len(axes) and all(bars), (axes, bars)

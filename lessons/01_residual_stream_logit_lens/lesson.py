@@ -267,9 +267,9 @@ GPT2_NEGATIVE_NAME_MOVERS = {"L10H7", "L11H10"}
 
 if MAIN:
     with demo("GPT-2 small's IOI figures"):
-        if args.model != "gpt2":
-            print(f"   skipped: this run uses {args.model!r}; the figures are GPT-2 small's. Run with --model gpt2 "
-                  "once its weights are here (minimech fetch gpt2)")
+        if not minimech.loading.is_gpt2_small(model):  # known by its weights, not by the name given
+            print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
+                  "are here (minimech fetch gpt2)")
         else:
             prompts, correct, wrong = [], [], []
             for template, a, b in GPT2_IOI:

@@ -8,7 +8,8 @@ one the learner's answer matches; the reference's values are never shown.
 
 With --model gpt2 the cases run on GPT-2 small with GPT-2-style templates, and two extra cases hold the learner's
 answers to the IOI paper's figures (Wang et al. 2022): mean logit difference about 3.55, name movers 9.9 and 9.6
-among the heads with the largest direct effect. These run only then (they need GPT-2's weights).
+among the heads with the largest direct effect. These run only on GPT-2 small itself, known by its weights however it
+was named (minimech.loading.identify_gpt2); other GPT-2 checkpoints run without them, and their case labels say so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from minimech.analysis import (card_heads, circuit_faithfulness, direct_logit_attribution, ioi_dataset, logit_diff,
                                patch_heads, patch_resid, path_patch)
 from minimech.grading import Case, Exercise, close, expect_shape
+from minimech.loading import identify_gpt2
 
 GPT2_CIRCUIT = [(9, 9), (9, 6), (10, 0), (7, 3), (7, 9), (8, 6), (8, 10), (5, 5), (6, 9), (0, 1), (3, 0)]
 GPT2_LOGIT_DIFF_RANGE = (2.5, 4.6)  # the paper's 3.55 on its own prompts; ours are GPT-2-style templates
@@ -46,8 +48,18 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _is_gpt2(ctx) -> bool:
-    return ctx.model_name.startswith("gpt2")
+def _is_gpt2(ctx) -> bool:  # an official GPT-2 checkpoint's shape (known by its config): 4 prompts a case
+    return identify_gpt2(ctx.model()).checkpoint is not None
+
+
+def _is_gpt2_small(ctx) -> bool:  # GPT-2 small itself, known by its weights, whatever its name: the paper's figures
+    return identify_gpt2(ctx.model()).is_gpt2_small
+
+
+def _paper_note(ctx) -> str:  # says so when a GPT-2 runs without the GPT-2-small paper checks
+    identity = identify_gpt2(ctx.model())
+    return "" if identity.checkpoint is None or identity.is_gpt2_small else \
+        f" (the IOI paper's GPT-2-small figures are not checked: {identity.reason})"
 
 
 def _dataset(ctx, gen, lo: int = 5, hi: int = 9):
@@ -147,8 +159,8 @@ def ld_cases(ctx) -> list[Case]:
     with _one_thread(), torch.no_grad():
         logits = model(ds.tokens)
     cases.append(Case(dict(logits=logits, io_tokens=ds.io_tokens, s_tokens=ds.s_tokens, end_pos=ds.end_pos),
-                      weight=2.0, label=f"{_name(model)} on {len(ds)} IOI prompts"))
-    if _is_gpt2(ctx):
+                      weight=2.0, label=f"{_name(model)} on {len(ds)} IOI prompts{_paper_note(ctx)}"))
+    if _is_gpt2_small(ctx):
         big = ioi_dataset(model, n=24, seed=_int(gen, 0, 10_000))
         with _one_thread(), torch.no_grad():
             logits = model(big.tokens)
@@ -197,14 +209,14 @@ def dla_cases(ctx) -> list[Case]:
     model, ds, _ = _dataset(ctx, gen)
     _, cache = model.run_with_cache(ds.tokens)
     cases.append(Case(dict(model=model, cache=cache, io_tokens=ds.io_tokens, s_tokens=ds.s_tokens), weight=2.0,
-                      label=f"{_name(model)} on {len(ds)} IOI prompts"))
+                      label=f"{_name(model)} on {len(ds)} IOI prompts{_paper_note(ctx)}"))
     for batch, pos in [(3, 7), (2, 5)]:
         rand = _random_gpt(ctx, gen)
         clean, _, io, s = _random_prompts(rand, gen, batch, pos)
         _, cache = rand.run_with_cache(clean)
         cases.append(Case(dict(model=rand, cache=cache, io_tokens=io, s_tokens=s),
                           label=f"random GPT {rand.cfg.n_layers}x{rand.cfg.n_heads} heads, tokens [{batch}, {pos}]"))
-    if _is_gpt2(ctx):
+    if _is_gpt2_small(ctx):
         big = ioi_dataset(model, n=16, seed=_int(gen, 0, 10_000))
         _, cache = model.run_with_cache(big.tokens)
         cases.append(Case(dict(model=model, cache=cache, io_tokens=big.io_tokens, s_tokens=big.s_tokens),

@@ -428,9 +428,9 @@ PAPER = {"logit_diff": 3.55, "name_movers": [(9, 9), (9, 6), (10, 0)], "negative
 
 if MAIN:
     with demo("GPT-2 small against the IOI paper"):
-        if args.model != "gpt2":
-            print(f"   skipped: this run uses {args.model!r}; the paper's figures are GPT-2 small's. Run with "
-                  "--model gpt2 once its weights are here (minimech fetch gpt2)")
+        if not minimech.loading.is_gpt2_small(model):  # known by its weights, not by the name given
+            print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
+                  "are here (minimech fetch gpt2)")
         else:
             diffs = logit_diff(model(ds.tokens), ds.io_tokens, ds.s_tokens, ds.end_pos)
             print(f"   mean logit difference {diffs.mean():.2f} (paper {PAPER['logit_diff']}), "

@@ -365,9 +365,9 @@ if MAIN:
 # %%
 if MAIN:
     with demo("GPT-2 small against ROME's picture"):
-        if args.model != "gpt2":
-            print(f"   skipped: this run uses {args.model!r}; ROME's picture is of GPT-2. Run with --model gpt2 once "
-                  "its weights are here (minimech fetch gpt2)")
+        if not minimech.loading.is_gpt2_small(model):  # known by its weights, not by the name given
+            print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
+                  "are here (minimech fetch gpt2)")
         else:
             for f in usable[:4]:
                 toks = model.to_tokens(f.prompt)

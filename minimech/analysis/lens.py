@@ -153,18 +153,59 @@ def logit_lens(model, tokens, pos: int | None = -1, k: int = 5, ln: str = "recom
     return LensResult(points.labels, read_points(model, resid, ln, cache, pos), pos, model.tokenizer, k)
 
 
+# Memory bounds, so that GPT-2-sized models (d_vocab 50,257, n_ctx 1,024) run in a few GB: one chunk of lens log-probs
+# [n_points, positions, d_vocab] holds at most LOGITS_BYTES (a step keeps about four such tensors), and one forward
+# pass runs at most FORWARD_TOKENS tokens.
+LOGITS_BYTES = 256 * 2**20
+FORWARD_TOKENS = 4096
+
+
+def positions_per_chunk(model, n_points: int) -> int:
+    """How many positions' log-probs over every point fit in LOGITS_BYTES."""
+    per_position = n_points * model.cfg.d_vocab * model.W_U.element_size()
+    return max(1, LOGITS_BYTES // per_position)
+
+
+def final_points(model, tokens: torch.Tensor, batch_size: int | None = None, progress: bool = False):
+    """The lens points of every position, [n_layers + 1, rows * pos, d_model] (L0_pre .. final), FORWARD_TOKENS tokens
+    (or batch_size rows) a forward, without the logits (return_type=None): what lens_kl and the tuned lens read."""
+    from tqdm import tqdm
+
+    n = model.cfg.n_layers
+    wanted = {f"blocks.{l}.hook_resid_pre" for l in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
+    rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])
+    chunks = []
+    for part in tqdm(tokens.split(rows), desc="residual streams", disable=not progress, leave=False):
+        _, cache = model.run_with_cache(part, names=lambda name: name in wanted, return_type=None)
+        chunks.append(cache.accumulated_resid().tensor.flatten(1, 2))  # [n_points, rows * pos, d_model]
+    return torch.cat(chunks, dim=1)
+
+
 @torch.no_grad()
-def lens_kl(model, tokens, lens=None, batch_size: int = 16) -> torch.Tensor:
+def lens_kl(model, tokens, lens=None, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """[n_layers + 1] mean KL(final || point) in nats of each lens point (L0_pre, ..., final), over every row and
     position of tokens [batch, pos]. lens=None: the logit lens; a TunedLens: the tuned lens.
 
-    batch_size rows at a time, since a lens holds [n_points, rows, pos, d_vocab] log-probs.
+    Memory stays bounded whatever the size of tokens: batch_size rows (default: FORWARD_TOKENS tokens) a forward pass,
+    then LOGITS_BYTES of log-probs at a time.
     """
     tokens = model.check_tokens(tokens)  # [batch, pos]
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    total = torch.zeros(model.cfg.n_layers + 1, dtype=torch.float64)
-    for rows in tokens.split(batch_size):
-        kl = logit_lens(model, rows, pos=None, lens=lens).kl_to_final()  # [n_points, rows, pos]
-        total += kl.double().sum((1, 2)).cpu()
+    if lens is not None:
+        lens.check_model(model)
+    from tqdm import tqdm
+
+    n_points = model.cfg.n_layers + 1
+    rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])
+    total = torch.zeros(n_points, dtype=torch.float64)
+    bar = tqdm(total=tokens.numel(), desc="lens KL", unit="tok", disable=not progress)
+    for part in tokens.split(rows):
+        points = final_points(model, part)  # [n_points, rows * pos, d_model]
+        points = points if lens is None else lens.translate(points)
+        for chunk in points.split(positions_per_chunk(model, n_points), dim=1):
+            log_probs = read_points(model, chunk)  # [n_points, chunk, d_vocab]
+            total += kl_to(log_probs[-1], log_probs).double().sum(1).cpu()
+            bar.update(chunk.shape[1])
+    bar.close()
     return (total / tokens.numel()).float()

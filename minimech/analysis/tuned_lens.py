@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from ..errors import MinimechError
-from .lens import RESID_HOOKS, LensResult, kl_to, lens_kl, logit_lens, read_points
+from .lens import LensResult, final_points, kl_to, lens_kl, logit_lens, positions_per_chunk, read_points
 
 FORMAT = "minimech-tuned-lens"
 LENS_DOCS, HELDOUT_DOCS = 800, 400  # corpus documents for training and measuring (~570 and ~280 rows of 64)
+FIGURE_TOKENS = 8192  # tokens of training and of held-out text the KL figures in the JSON are measured on
 FILE = "tuned_lens.safetensors"  # the name beside a shipped model: weights/NAME/tuned_lens.safetensors (+ .json)
 
 
@@ -174,26 +175,28 @@ def _lens_path(path) -> Path:
 
 
 def tuned_lens_path(model) -> Path:
-    """Where a shipped model's tuned lens lives: weights/NAME/tuned_lens.safetensors (NAME from the model card)."""
-    from ..loading import weights_dir
+    """Where a model's tuned lens lives: beside a shipped model, weights/NAME/tuned_lens.safetensors (NAME from the
+    model card); for any other model, ./minimech-out/tuned-lens/NAME.safetensors (NAME: cfg.model_name, e.g. gpt2),
+    where `minimech tuned-lens MODEL` saves it and `minimech lens --tuned --model MODEL` finds it."""
+    from ..loading import shipped_models, weights_dir
 
     name = (getattr(model, "card", None) or {}).get("name")
-    if name is None:
-        raise TunedLensError("only minimech's shipped models have a place for a tuned lens beside them, and this "
-                             "model has no card naming one: train a lens with train_tuned_lens(model), then "
-                             "lens.save(path) and TunedLens.load(path, model) (command line: minimech tuned-lens "
-                             "MODEL --out FILE)")
-    return weights_dir() / name / FILE
+    if name is not None and name in shipped_models():
+        return weights_dir() / name / FILE
+    name = name or model.cfg.model_name
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "model"
+    return Path("minimech-out") / "tuned-lens" / f"{safe}.safetensors"
 
 
 def tuned_lens_for(model) -> TunedLens:
-    """The tuned lens shipped beside a shipped model (weights/NAME/tuned_lens.safetensors), checked against it."""
+    """The tuned lens saved for this model where tuned_lens_path says (shipped beside a shipped model; for another
+    model, where `minimech tuned-lens` saved it), checked against the model's weights."""
     path = tuned_lens_path(model)
     if not path.is_file():
-        name = path.parent.name
+        name = (getattr(model, "card", None) or {}).get("name") or model.cfg.model_name
         raise TunedLensError(f"no tuned lens saved for {name!r} ({path} does not exist): train one with "
-                             f"`minimech tuned-lens {name}`, or in Python "
-                             f"train_tuned_lens(model).save({str(path)!r})")
+                             f"`minimech tuned-lens {name}` (it saves there; --out FILE elsewhere, then `minimech lens "
+                             f"--lens-file FILE`), or in Python train_tuned_lens(model).save({str(path)!r})")
     return TunedLens.load(path, model)
 
 
@@ -225,33 +228,41 @@ def lens_data(model, seed: int = 0, train_docs: int | None = None, heldout_docs:
 
 
 @torch.no_grad()
-def collect_points(model, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def collect_points(model, tokens: torch.Tensor, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """The lens points of every position: [n_layers + 1, rows * pos, d_model] (L0_pre .. final), run once, so that
     training steps cost a readout only, not a forward pass."""
-    chunks = []
-    for rows in tokens.split(batch_size):
-        _, cache = model.run_with_cache(rows, names=lambda n: n.endswith(RESID_HOOKS))
-        chunks.append(cache.accumulated_resid(pos=None).tensor.flatten(1, 2))  # [n_points, rows * pos, d_model]
-    return torch.cat(chunks, dim=1)
+    return final_points(model, tokens, batch_size, progress)
 
 
-def _step_loss(model, lens: TunedLens, points: torch.Tensor) -> torch.Tensor:
-    """Sum over layers of the mean KL(final || translated point) over points [n_points, n, d_model]; grad flows to
-    the lens only (the model's weights are read detached)."""
-    log_probs = read_points(model, lens.translate(points))  # [n_points, n, d_vocab]
-    kl = kl_to(log_probs[-1].detach(), log_probs[:-1])  # [n_layers, n]
-    return kl.mean(1).sum()
+def _step_loss(model, lens: TunedLens, points: torch.Tensor) -> float:
+    """Backpropagates the sum over layers of the mean KL(final || translated point) over points [n_points, n, d_model]
+    into the lens (the model's weights are read detached), in chunks of positions whose log-probs fit
+    lens.LOGITS_BYTES: the gradient of the whole batch, accumulated, in bounded memory. Returns the loss."""
+    total = 0.0
+    for chunk in points.split(positions_per_chunk(model, points.shape[0]), dim=1):
+        log_probs = read_points(model, lens.translate(chunk))  # [n_points, chunk, d_vocab]
+        kl = kl_to(log_probs[-1].detach(), log_probs[:-1])  # [n_layers, chunk]
+        loss = kl.sum(1).sum() / points.shape[1]  # this chunk's share of the mean over positions
+        loss.backward()
+        total += loss.item()
+    return total
 
 
-def _kl_figures(model, lens: TunedLens, train: torch.Tensor, heldout: torch.Tensor) -> dict:
-    train = train[: max(len(heldout), 64)]  # a sample as large as the held-out set: the figures are for comparing
+def _kl_figures(model, lens: TunedLens, train: torch.Tensor, heldout: torch.Tensor, progress: bool) -> dict:
+    # the same number of training and held-out tokens, FIGURE_TOKENS at most: on GPT-2 each token's figures cost
+    # 13 x 50,257 log-probs per lens, so the whole held-out set would take longer than the training
+    rows = max(1, FIGURE_TOKENS // train.shape[1])
+    train, heldout = train[:rows], heldout[:rows]
+
     def rounded(t):
         return [round(x, 5) for x in t.tolist()]
 
+    def kl(tokens, lens=None):
+        return rounded(lens_kl(model, tokens, lens, progress=progress))
+
     return {"labels": [f"L{l}_pre" for l in range(lens.n_layers)] + ["final"],
-            "logit_lens": {"train": rounded(lens_kl(model, train)), "heldout": rounded(lens_kl(model, heldout))},
-            "tuned_lens": {"train": rounded(lens_kl(model, train, lens)),
-                           "heldout": rounded(lens_kl(model, heldout, lens))}}
+            "logit_lens": {"train": kl(train), "heldout": kl(heldout)},
+            "tuned_lens": {"train": kl(train, lens), "heldout": kl(heldout, lens)}}
 
 
 def _fit(model, lens: TunedLens, points: torch.Tensor, steps: int, lr: float, weight_decay: float, batch_size: int,
@@ -266,23 +277,26 @@ def _fit(model, lens: TunedLens, points: torch.Tensor, steps: int, lr: float, we
     for _ in bar:
         # Positions drawn across all rows: less correlated than whole rows, so each step's gradient carries more
         picks = torch.randint(points.shape[1], (batch_size,), generator=gen).to(points.device)  # [batch]
-        loss = _step_loss(model, lens, points[:, picks])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = _step_loss(model, lens, points[:, picks])
         optimizer.step()
         schedule.step()
-        bar.set_postfix(kl_sum=f"{loss.item():.3f}")
+        bar.set_postfix(kl_sum=f"{loss:.3f}")
 
 
 def train_tuned_lens(model, steps: int = 300, seed: int = 0, lr: float = 1e-2, batch_size: int = 256,
                      weight_decay: float = 1e-3, tokens: torch.Tensor | None = None,
-                     heldout: torch.Tensor | None = None, progress: bool = True) -> TunedLens:
+                     heldout: torch.Tensor | None = None, progress: bool = True, save_to=None,
+                     docs: int | None = None) -> TunedLens:
     """Fit one affine translator per layer of `model` (frozen) to minimise KL(final || translated), with AdamW.
 
     batch_size: positions per step, drawn from all training rows. tokens / heldout: token rows [rows, pos] to train
     on and to measure on; default lens_data(model, seed).
     Deterministic given seed (batches are drawn from a seeded generator; translators start at the identity).
     The lens's info holds the settings, wall time and KL per layer (train/held-out, logit and tuned lens).
+    save_to: a path to save the lens to as soon as it is trained (before the KL figures, which take a while on a
+    large model), and again with them. docs: corpus documents for lens_data (default LENS_DOCS, HELDOUT_DOCS;
+    docs=N uses N and N // 2). Memory stays bounded on GPT-2-sized models (lens.LOGITS_BYTES, FORWARD_TOKENS).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}")
@@ -290,13 +304,14 @@ def train_tuned_lens(model, steps: int = 300, seed: int = 0, lr: float = 1e-2, b
         raise ValueError("pass both tokens= and heldout= (train and held-out token rows), or neither")
     data = "token rows passed to train_tuned_lens"
     if tokens is None:
-        tokens, heldout = lens_data(model, seed)
-        data = (f"lens_data(model, seed={seed}): Corpus(seed=0) documents, {LENS_DOCS} with corpus seed "
-                f"{1_000 + seed} (train) and {HELDOUT_DOCS} with seed {2_000 + seed} (held-out, minus any training "
+        train_docs, heldout_docs = (LENS_DOCS, HELDOUT_DOCS) if docs is None else (docs, max(1, docs // 2))
+        tokens, heldout = lens_data(model, seed, train_docs, heldout_docs)
+        data = (f"lens_data(model, seed={seed}): Corpus(seed=0) documents, {train_docs} with corpus seed "
+                f"{1_000 + seed} (train) and {heldout_docs} with seed {2_000 + seed} (held-out, minus any training "
                 "document), mixed as the model's recipe, packed into rows of n_ctx tokens")
     tokens, heldout = model.check_tokens(tokens), model.check_tokens(heldout)  # [rows, pos]
     start = time.perf_counter()
-    points = collect_points(model, tokens.to(model.W_U.device))  # [n_points, rows * pos, d_model]
+    points = collect_points(model, tokens.to(model.W_U.device), progress=progress)  # [n_points, rows * pos, d_model]
     lens = TunedLens.for_model(model).to(model.W_U.device)
     _fit(model, lens, points, steps, lr, weight_decay, batch_size, seed, progress)
     card = getattr(model, "card", None) or {}
@@ -307,6 +322,11 @@ def train_tuned_lens(model, steps: int = 300, seed: int = 0, lr: float = 1e-2, b
                               "train_rows": len(tokens), "heldout_rows": len(heldout), "pos": tokens.shape[1],
                               "wall_time_s": round(time.perf_counter() - start, 2),
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
-                              "python": platform.python_version()},
-                 "kl_nats": _kl_figures(model, lens, tokens, heldout)}
+                              "python": platform.python_version()}}
+    del points  # [n_points, rows * pos, d_model]: the largest tensor here; the figures need other memory
+    if save_to is not None:
+        lens.save(save_to)
+    lens.info["kl_nats"] = _kl_figures(model, lens, tokens, heldout, progress)
+    if save_to is not None:
+        lens.save(save_to)
     return lens.eval()

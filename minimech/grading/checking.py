@@ -15,7 +15,7 @@ from .api import Exercise, GradingError
 from .child import prediction_values
 from .lessons import Lesson, get_lesson, load_checks, load_module
 from .oracle import Oracle, loads
-from .report import Report, lost_exercise
+from .report import Report, blame_upstream, lost_exercise
 from .runner import LibraryTraps, exception_facts, is_learner_code, run_exercise
 from .verdicts import GraderError, judge, predictions
 from .wire import tensors_from_bytes, tensors_to_bytes
@@ -173,5 +173,6 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
     else:
         outcomes = run_in_process(learner_file, chosen, oracle, overrides, list(lesson.predictions))
         results = judge_all(lesson, chosen, outcomes, oracle)
+    results = blame_upstream(results, {e.id: tuple(getattr(e, "uses", ())) for e in chosen})
     return Report(lesson.id, str(learner_file), oracle.seed, oracle.model_name, results,
                   round(time.perf_counter() - start, 3), predictions(lesson, outcomes.get("predictions")))
