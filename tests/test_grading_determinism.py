@@ -70,8 +70,9 @@ def test_honest_students_get_full_marks_every_time_beside_wrong_ones(racy_lesson
 
 
 def test_inputs_reach_the_learners_process_as_built_functions_from_checks_py_too():
-    """Case arguments travel pickled; a metric checks.py defines (a lambda, a closure) travels by value, since the
-    learner's process never loads checks.py; one that needs checks.py's own helpers is refused with its name."""
+    """Case arguments travel pickled; a metric checks.py defines (a lambda, a closure, with the checks.py helpers it
+    calls) travels by value, since the learner's process never loads checks.py; an object of a class checks.py
+    defines cannot travel, and says so."""
     import pickle
 
     import torch
@@ -88,5 +89,7 @@ def test_inputs_reach_the_learners_process_as_built_functions_from_checks_py_too
     back = loads(dumps(args))
     assert torch.equal(back["metric"](logits), metric(logits)) and back["metric"] is not metric
     assert torch.equal(back["x"], args["x"]) and back["nested"] == args["nested"]
-    with pytest.raises(pickle.PicklingError, match="uses checks.py's helper"):
-        dumps({"metric": scope["bad"]})
+    assert torch.equal(loads(dumps({"metric": scope["bad"]}))["metric"](logits), logits)  # helper() went along
+    exec("class Point:\n    pass\n", scope)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        dumps({"point": scope["Point"]()})

@@ -25,11 +25,10 @@ from .api import Case, Exercise, GradingError
 from .runner import build_cases
 
 
-def _rebuild_function(code: bytes, modules: dict, name: str, defaults, cells):
-    """A function checks.py put in a case (a metric the learner's code calls), rebuilt in the learner's process."""
+def _rebuild_function(code: bytes, namespace: dict, name: str, defaults, cells):
+    """A function that travelled by value (a metric a case holds), rebuilt in the learner's process."""
     closure = None if cells is None else tuple(types.CellType(c) for c in cells)
-    namespace = {"__builtins__": builtins, **{k: importlib.import_module(m) for k, m in modules.items()}}
-    return types.FunctionType(marshal.loads(code), namespace, name, defaults, closure)
+    return types.FunctionType(marshal.loads(code), {"__builtins__": builtins, **namespace}, name, defaults, closure)
 
 
 def _code_names(code) -> set:
@@ -40,31 +39,30 @@ def _code_names(code) -> set:
     return names
 
 
-def _function_by_value(function):
-    """(rebuild, args) for a function defined in checks.py, which the learner's process cannot import: its code,
-    closure and defaults travel; the checks.py names it uses must be modules (torch, math)."""
-    modules = {}
-    for name in _code_names(function.__code__) & function.__globals__.keys():
-        value = function.__globals__[name]
-        if not isinstance(value, types.ModuleType):
-            raise pickle.PicklingError(f"{function.__qualname__} uses checks.py's {name}: a function in a case may "
-                                       "use only its arguments, its closure and modules (pass values in instead)")
-        modules[name] = value.__name__
+def _by_value(function):
+    """(rebuild, args) for a function pickle cannot name (defined in checks.py, which the learner's process never
+    loads, or a lambda or a local function): its code, closure, defaults and the globals it uses travel."""
+    namespace = {n: function.__globals__[n] for n in _code_names(function.__code__) & function.__globals__.keys()}
     cells = None if function.__closure__ is None else [c.cell_contents for c in function.__closure__]
-    return _rebuild_function, (marshal.dumps(function.__code__), modules, function.__name__, function.__defaults__,
+    return _rebuild_function, (marshal.dumps(function.__code__), namespace, function.__name__, function.__defaults__,
                                cells)
 
 
 class _Pickler(pickle.Pickler):
-    """pickle, plus weak references (a model's MLPs point back to it weakly) and functions defined in checks.py
-    (by value: the learner's process never loads checks.py)."""
+    """pickle, plus weak references (a model's MLPs point back to it weakly), modules (by name), and functions
+    pickle cannot name (by value: see _by_value)."""
 
     def reducer_override(self, obj):
         if type(obj) is weakref.ReferenceType:
             target = obj()
             return (weakref.ref, (target,)) if target is not None else (type(None), ())
-        if isinstance(obj, types.FunctionType) and str(obj.__module__).startswith("_minimech_checks_"):
-            return _function_by_value(obj)
+        if isinstance(obj, types.ModuleType):
+            if obj.__name__.startswith("_minimech_checks_"):
+                raise pickle.PicklingError("a case may not hold checks.py itself")
+            return importlib.import_module, (obj.__name__,)
+        if isinstance(obj, types.FunctionType) and (str(obj.__module__).startswith("_minimech_checks_")
+                                                    or "<" in obj.__qualname__):
+            return _by_value(obj)
         return NotImplemented
 
 
