@@ -85,8 +85,11 @@ def test_inputs_reach_the_learners_process_as_built_functions_from_checks_py_too
          "def bad(logits):\n    return helper(logits)\n", scope)
     metric = scope["make"](torch.tensor([1, 0]))
     logits = torch.randn(2, 5)
-    args = {"metric": metric, "x": torch.arange(3), "nested": [{"k": (1.5, "s")}]}
+    weight = torch.nn.Parameter(torch.randn(3))
+    weight.grad = torch.ones(3)  # planted, to catch a step that forgets zero_grad
+    args = {"metric": metric, "x": torch.arange(3), "nested": [{"k": (1.5, "s")}], "w": weight, "again": weight}
     back = loads(dumps(args))
+    assert torch.equal(back["w"].grad, weight.grad) and back["again"] is back["w"]
     assert torch.equal(back["metric"](logits), metric(logits)) and back["metric"] is not metric
     assert torch.equal(back["x"], args["x"]) and back["nested"] == args["nested"]
     assert torch.equal(loads(dumps({"metric": scope["bad"]}))["metric"](logits), logits)  # helper() went along

@@ -31,6 +31,12 @@ def _rebuild_function(code: bytes, namespace: dict, name: str, defaults, cells):
     return types.FunctionType(marshal.loads(code), {"__builtins__": builtins, **namespace}, name, defaults, closure)
 
 
+def _with_grad(rebuild, args, grad):
+    tensor = rebuild(*args)
+    tensor.grad = grad
+    return tensor
+
+
 def _code_names(code) -> set:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -63,6 +69,10 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, types.FunctionType) and (str(obj.__module__).startswith("_minimech_checks_")
                                                     or "<" in obj.__qualname__):
             return _by_value(obj)
+        if isinstance(obj, torch.Tensor) and obj.grad is not None:  # pickle drops .grad: a case may plant one
+            rebuild = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+            if isinstance(rebuild, tuple) and len(rebuild) == 2:
+                return _with_grad, (*rebuild, obj.grad)
         return NotImplemented
 
 
