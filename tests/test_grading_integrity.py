@@ -38,10 +38,12 @@ def test_the_answer_key_is_not_in_the_learners_process(lesson, tmp_path):
     assert results["99.2"].status == results["99.3"].status == "pass"
 
 
-def test_naming_the_grader_module_is_refused(lesson, tmp_path):
-    text = "import sys\nKEY = '_minimech_checks_99'\n" + fill_solutions(lesson)
-    results = grade(lesson, tmp_path, text)
-    assert all(e.status == "forbidden import" for e in results.values())
+def test_gc_walks_are_refused_by_the_syntax_tree_not_by_comments(lesson, tmp_path):
+    mentions = '# we never call gc.get_objects here\n"""docs: gc.get_referrers is not used"""\n' + fill_solutions(lesson)
+    assert all(e.status == "pass" for e in grade(lesson, tmp_path, mentions).values())
+    uses = "import gc as g\nfind = getattr(g, 'get_objects')\n" + fill_solutions(lesson)
+    results = grade(lesson, tmp_path, uses)
+    assert all(e.status == "forbidden import" and "gc.get_objects" in e.message for e in results.values())
 
 
 @pytest.mark.parametrize("body", ["return torch.nn.functional.softmax(x, dim)",
@@ -192,4 +194,7 @@ def test_multiprocessing_in_a_submission_gets_a_sentence(lesson, tmp_path):
     body = ("import multiprocessing\np = multiprocessing.Process(target=print)\np.start()\n"
             "return torch.ones(n, n).tril().bool()")
     results = grade(lesson, tmp_path, swap(fill_solutions(lesson), "causal_mask", body))
-    assert results["99.2"].status == "error" and "starts processes" in results["99.2"].message
+    # a child forked from the forkserver may not start processes (a sentence says so); one started in its own
+    # sandbox may, and the process ends with it
+    assert results["99.2"].status == "pass" or (results["99.2"].status == "error"
+                                                 and "starts processes" in results["99.2"].message)

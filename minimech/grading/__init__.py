@@ -4,8 +4,8 @@ For lesson authors (checks.py, bugs.py): Exercise, Case, CaseContext, close, exp
 For the commands (minimech lessons/start/check/hint/solution/handout/grade/autograder) and the test suite:
 find_lessons, get_lesson, run_checks, fill_solutions, grade_submissions.
 
-Grading runs each learner's file in a child process with time and memory limits and computes the right answers in
-the grading process from the same seeded inputs. It is process isolation, not a security sandbox.
+Grading runs each learner's file in a sandboxed child process (sandbox.py) with time and memory limits; the grading
+process builds the inputs, computes the right answers and decides every mark (oracle.py, verdicts.py).
 """
 
 from .api import Bug, Case, CaseContext, Exercise, GradingError

@@ -1,9 +1,9 @@
 """What a lesson's checks.py and bugs.py are written with: Case, CaseContext, Exercise and Bug.
 
 The contract (lessons/README.md): `cases(ctx)` builds the inputs of several calls of the
-learner's function, deterministically from ctx.seed. The grader calls it twice, with equal seeds: in the process that
-runs the learner's code (to make the inputs) and in the trusted grading process (to make the same inputs for
-`reference`). `reference` and `compare` run only in the grading process.
+learner's function, deterministically from ctx.seed. The grader calls it once, in the trusted grading process, and
+sends the arguments to the process that runs the learner's code pickled (so they must pickle: tensors, numbers,
+strings, models, lists and dicts of these). `reference` and `compare` run only in the grading process.
 """
 
 from __future__ import annotations
@@ -131,20 +131,24 @@ class CaseContext:
 
     seed: int
     model_name: str = "mini-4l"  # the lesson's default model, or the --model the learner asked for
+    # where ctx.model() keeps the models it loads: the grader gives each oracle a dict of its own, so no other
+    # thread ever touches them; None: this process's shared cache
+    models: dict | None = field(default=None, repr=False)
     gen: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
         self.gen = torch.Generator().manual_seed(self.seed)
 
     def model(self, name: str | None = None):
-        """The lesson's model (or the named one), loaded once per process and shared by every case."""
+        """The lesson's model (or the named one), loaded once (per grading run) and shared by every case."""
         from ..loading import load
 
         name = name or self.model_name
+        cache = _MODELS if self.models is None else self.models
         with _MODELS_LOCK:
-            if name not in _MODELS:
-                _MODELS[name] = load(name).eval()
-            return _MODELS[name]
+            if name not in cache:
+                cache[name] = load(name).eval()
+            return cache[name]
 
     def random_model(self, seed: int | None = None, **cfg):
         """A random GPT with GPTConfig(**cfg), seeded: every parameter random, biases and LayerNorms too, so a

@@ -1,100 +1,26 @@
-"""Checking one learner's file: run it (in a child process, or in this one for tests), then judge its outputs
-against reference answers computed here, in the trusted grading process, from the same cases."""
+"""Checking one learner's file: run it (in a sandboxed child process, or in this one for tests of trusted files),
+then judge what came back against the oracle's answers, here, in the trusted grading process (verdicts.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import secrets
-import threading
 import tempfile
 import time
 from pathlib import Path
 
 from ..errors import MinimechError
-from .api import Case, Exercise, GradingError
+from .api import Exercise, GradingError
+from .child import prediction_values
 from .lessons import Lesson, get_lesson, load_checks, load_module
-from .report import CaseResult, ExerciseResult, Report, blame_upstream, lost_exercise, score_exercise
-from .runner import build_cases, classify, input_digest, run_exercise
-from .wire import decode, tensors_from_bytes, tensors_to_bytes
+from .oracle import Oracle, loads
+from .report import Report, blame_upstream, lost_exercise
+from .runner import LibraryTraps, exception_facts, is_learner_code, run_exercise
+from .verdicts import GraderError, judge, predictions
+from .wire import tensors_from_bytes, tensors_to_bytes
 
-
-class Oracle:
-    """The trusted side of a run: each exercise's cases and reference answers, computed once and shared by every
-    submission graded with this seed. Never sees learner code."""
-
-    def __init__(self, exercises: list[Exercise], seed: int, model_name: str):
-        self.exercises = {e.id: e for e in exercises}
-        self.seed, self.model_name = seed, model_name
-        self._answers: dict[str, tuple] = {}
-        self._lock = threading.Lock()
-
-    def expected(self, ex_id: str) -> tuple[list[Case], list, list[str]]:
-        """(cases, reference answers, input digests); raises GradingError if the lesson's own code fails."""
-        with self._lock:
-            if ex_id not in self._answers:
-                self._answers[ex_id] = self._compute(self.exercises[ex_id])
-        answer = self._answers[ex_id]
-        if isinstance(answer, GradingError):
-            raise answer
-        return answer
-
-    def prefetch(self, ex_ids: list[str]) -> threading.Thread:
-        """Compute these answers in a background thread, while the learner's process runs."""
-        def compute():
-            for ex_id in ex_ids:
-                try:
-                    self.expected(ex_id)
-                except GradingError:
-                    pass  # kept, and raised again to judge()
-
-        thread = threading.Thread(target=compute, name="minimech-oracle", daemon=True)
-        thread.start()
-        return thread
-
-    def _compute(self, ex: Exercise):
-        try:
-            cases = build_cases(ex, self.seed, self.model_name)
-            digests = [input_digest(c.args) for c in cases]  # before the reference runs, as the child does
-            return cases, [ex.reference(**c.args) for c in cases], digests
-        except Exception as exc:  # a bug in the lesson's checks.py, not the learner's
-            return GradingError(f"grader error in checks.py ({ex.id}): {type(exc).__name__}: {exc}")
-
-
-def _judge_case(ex: Exercise, case: Case, want, raw: dict, tensors: dict) -> CaseResult:
-    label = case.describe()
-    if raw["status"] != "ok":
-        return CaseResult(label, case.weight, raw["status"], raw["message"])
-    try:
-        got = decode(raw["output"], tensors)
-        message = ex.check(got, want, case)
-    except Exception as exc:  # compare() choked on an output of an unexpected kind
-        message = f"your output could not be checked ({type(exc).__name__}: {exc}); is it the right type?"
-    return CaseResult(label, case.weight, "fail" if message else "pass", message or "")
-
-
-def judge(ex: Exercise, points: float, outcome: dict | None, oracle: Oracle) -> ExerciseResult:
-    """An exercise's result from what the learner's process sent back and the oracle's answers."""
-    lost = lambda status, message: lost_exercise(ex.id, ex.title, ex.function, points, status, message)  # noqa: E731
-    if outcome is None:
-        return lost("error", "grader error: no result came back for this exercise")
-    if "status" in outcome:
-        return lost(outcome["status"], outcome["message"])
-    record, tensors = outcome["record"], outcome["tensors"]
-    if record["setup_error"]:
-        return lost("error", record["setup_error"])
-    if not any(r["status"] == "ok" for r in record["cases"]):  # nothing to compare: no reference needed
-        results = [CaseResult(r["label"], r["weight"], r["status"], r["message"]) for r in record["cases"]]
-        return score_exercise(ex.id, ex.title, ex.function, points, results)
-    try:
-        cases, wants, digests = oracle.expected(ex.id)
-    except GradingError as exc:
-        return lost("error", str(exc))
-    if len(record["cases"]) > len(cases) or any(r["digest"] != d for r, d in zip(record["cases"], digests)):
-        return lost("error", f"grader error: checks.py's cases() for {ex.id} made different inputs in the two "
-                             "processes (is it deterministic given ctx.seed?)")
-    results = [_judge_case(ex, c, w, r, tensors) for c, w, r in zip(cases, wants, record["cases"])]
-    return score_exercise(ex.id, ex.title, ex.function, points, results)
+__all__ = ["Oracle", "run_checks", "check_options", "select", "judge_all"]
 
 
 def select(lesson: Lesson, exercises: list[Exercise], wanted) -> list[Exercise]:
@@ -111,21 +37,30 @@ def select(lesson: Lesson, exercises: list[Exercise], wanted) -> list[Exercise]:
 _IN_PROCESS_COUNT = itertools.count()
 
 
-def run_in_process(learner_file: Path, exercises: list[Exercise], seed: int, model_name: str,
-                   overrides: dict | None = None) -> dict[str, dict]:
-    """What run_isolated returns, computed in this process: fast, for tests of trusted files; no limits."""
+def run_in_process(learner_file: Path, exercises: list[Exercise], oracle: Oracle,
+                   overrides: dict | None = None, names=()) -> dict[str, dict]:
+    """What run_isolated returns, computed in this process: fast, for tests of trusted files; no limits. Library
+    traps refuse calls from the learner's file only (a bug or a helper from another file may use the library)."""
     name = f"_minimech_learner_{next(_IN_PROCESS_COUNT)}"
     path = str(Path(learner_file).resolve())
     try:
         module = load_module(Path(learner_file), name, register=False)
     except BaseException as exc:  # noqa: B036
-        status, message = classify(exc, "", path)
-        return {e.id: {"status": status, "message": f"your file failed to import: {message}"} for e in exercises}
+        return {e.id: {"import_failed": {"raised": exception_facts(exc, path)}} for e in exercises}
     for function, replacement in (overrides or {}).items():
         setattr(module, function, replacement)  # also what later exercises call
-    outcomes = {}
+    arguments = loads(oracle.payload)
+    outcomes = {"predictions": prediction_values(module, names)}
     for ex in exercises:
-        record, tensors = run_exercise(module, ex, seed, model_name, path, [])
+        if not oracle.built(ex.id):
+            continue
+        attempts: list = []
+        traps = LibraryTraps(ex.library, lambda frame: is_learner_code(frame.f_code.co_filename, path), attempts)
+        try:
+            record, tensors = run_exercise(module, ex.function, ex.library, arguments[ex.id], oracle.seed, path,
+                                           attempts, traps)
+        finally:
+            traps.uninstall()
         outcomes[ex.id] = {"record": record, "tensors": tensors_from_bytes(tensors_to_bytes(tensors))}
     return outcomes
 
@@ -147,13 +82,63 @@ def check_options(model: str | None, seed, time_limit_s, memory_limit_mb) -> Non
             raise GradingError(f"the checks cannot use model {model!r}: {exc}") from None
 
 
+MAX_SCALE = 50  # a bigger model's limits grow with it, up to this factor
+
+
+def scaled_limits(lesson: Lesson, oracle: Oracle, time_limit_s=None, memory_limit_mb=None) -> tuple[float, int]:
+    """(seconds per exercise, MB beyond what is loaded): the ones given, else lesson.json's, grown for a model
+    bigger than the lesson's default: time by sqrt(parameters / default's parameters) (at most MAX_SCALE times),
+    memory by four copies of the model's weights (a clone, gradients, an optimizer's moments)."""
+    time_s, memory_mb = lesson.settings["time_limit_s"], lesson.settings["memory_limit_mb"]
+    params, default = oracle.parameters(), lesson.settings["default_model"]
+    if params and oracle.model_name != default and default != "none":
+        try:
+            from ..loading import load
+
+            base = sum(p.numel() for p in load(default).parameters())
+        except Exception:  # the default model is missing here: no scale to go by
+            base = params
+        time_s *= min(MAX_SCALE, max(1.0, (params / base) ** 0.5))
+        memory_mb += 4 * params * 4 // 2**20
+    return float(time_limit_s or time_s), int(memory_limit_mb or memory_mb)
+
+
+def _blame_slow_limits(results: list, oracle: Oracle, limit_s: float) -> list:
+    """A timeout where the reference solution itself takes half the limit or more is the limit's fault (a model
+    bigger than the lesson's), not the learner's: say so."""
+    for e in results:
+        spent = oracle.reference_seconds.get(e.id, 0.0)
+        if e.status == "timeout" and spent >= limit_s / 2:
+            e.message = (f"{e.message}; but the reference solution itself takes {spent:.0f} s here with model "
+                         f"{oracle.model_name}: the time limit ({limit_s:g} s) is too tight for this model, not your "
+                         "code's fault: raise --time-limit")
+    return results
+
+
+def judge_all(lesson: Lesson, chosen: list[Exercise], outcomes: dict, oracle: Oracle) -> list:
+    """Every chosen exercise's result; a grader-side failure becomes that exercise's "grader error"."""
+    points = lesson.points
+    results = []
+    for ex in chosen:
+        try:
+            results.append(judge(ex, float(points.get(ex.id, 0)), outcomes.get(ex.id), oracle))
+        except GraderError as exc:
+            message = str(exc) if str(exc).startswith("grader error") else f"grader error: {exc}"
+            results.append(lost_exercise(ex.id, ex.title, ex.function, float(points.get(ex.id, 0)), "grader error",
+                                         message))
+    return results
+
+
 def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, isolate: bool = True,
                model: str | None = None, root=None, overrides: dict | None = None,
                time_limit_s: float | None = None, memory_limit_mb: int | None = None,
-               oracle: Oracle | None = None) -> Report:
+               oracle: Oracle | None = None, sandbox=None, secret=(), progress=None) -> Report:
     """Check a learner's lesson file: every exercise (or those named: "3", "02.3", or a list) on fresh random
     inputs (seed: random unless given, recorded in the report). isolate=False runs the file in this process,
-    without time or memory limits (for tests); overrides {function name: function} then replaces functions."""
+    without time or memory limits (for tests); overrides {function name: function} then replaces functions.
+    sandbox: a sandbox.Sandbox (default: the strongest that works here); secret: more folders the learner's
+    process may not read (a class's submissions). Limits: the ones given, else lesson.json's, grown for a model
+    bigger than the lesson's (scaled_limits). progress(exercise id) is called as each exercise is done."""
     lesson = get_lesson(lesson, root)
     learner_file = Path(learner_file)
     if not learner_file.is_file():
@@ -165,31 +150,29 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
             script = Path(tmp) / "lesson.py"
             script.write_text(notebook_to_script(learner_file), encoding="utf-8")
             report = run_checks(lesson, script, exercises, seed, isolate, model, root, overrides, time_limit_s,
-                                memory_limit_mb, oracle)
+                                memory_limit_mb, oracle, sandbox, secret, progress)
         return dataclasses.replace(report, learner_file=str(learner_file))
     if overrides and isolate:
         raise GradingError("overrides work only with isolate=False")
     if oracle is None:  # a class's grading checked its options once, before any student
         check_options(model, seed, time_limit_s, memory_limit_mb)
-    all_exercises = load_checks(lesson)
-    chosen = select(lesson, all_exercises, exercises)
-    if oracle is not None:  # grading a class: one seed, one set of answers for everyone
-        seed, model_name = oracle.seed, oracle.model_name
-    else:
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
-        model_name = model or lesson.settings["default_model"]
-        oracle = Oracle(all_exercises, seed, model_name)
+        oracle = Oracle(load_checks(lesson), seed, model or lesson.settings["default_model"])
+    chosen = select(lesson, list(oracle.exercises.values()), exercises)
     start = time.perf_counter()
-    ids = [e.id for e in chosen]
     if isolate:
         from .isolation import run_isolated
+        from .sandbox import choose
 
-        outcomes = run_isolated(lesson, learner_file, ids, seed, model_name,
-                                time_limit_s or lesson.settings["time_limit_s"],
-                                memory_limit_mb or lesson.settings["memory_limit_mb"])
+        source = learner_file.read_bytes()  # bytes: the child reads them as Python would (BOM, coding line)
+        tasks = [(e.id, e.function, tuple(e.library)) for e in chosen if oracle.built(e.id)]
+        limit_s, memory_mb = scaled_limits(lesson, oracle, time_limit_s, memory_limit_mb)
+        outcomes = run_isolated(lesson, source, tasks, oracle, limit_s, memory_mb, sandbox or choose(), secret,
+                                progress)
+        results = _blame_slow_limits(judge_all(lesson, chosen, outcomes, oracle), oracle, limit_s)
     else:
-        outcomes = run_in_process(learner_file, chosen, seed, model_name, overrides)
-    points = lesson.points
-    results = [judge(e, float(points.get(e.id, 0)), outcomes.get(e.id), oracle) for e in chosen]
+        outcomes = run_in_process(learner_file, chosen, oracle, overrides, list(lesson.predictions))
+        results = judge_all(lesson, chosen, outcomes, oracle)
     results = blame_upstream(results, {e.id: tuple(getattr(e, "uses", ())) for e in chosen})
-    return Report(lesson.id, str(learner_file), seed, model_name, results, round(time.perf_counter() - start, 3))
+    return Report(lesson.id, str(learner_file), oracle.seed, oracle.model_name, results,
+                  round(time.perf_counter() - start, 3), predictions(lesson, outcomes.get("predictions")))

@@ -4,8 +4,10 @@ row; the outputs are always written, and each test's max_score comes from lesson
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import tempfile
 import json
 import os
 import secrets
@@ -16,9 +18,9 @@ from pathlib import Path
 
 from .. import __version__
 from .api import GradingError
-from . import isolation
+from . import isolation, launchers, sandbox
 from .checking import Oracle, check_options, run_checks
-from .lessons import Lesson, get_lesson, load_checks
+from .lessons import Lesson, get_lesson, lessons_root, load_checks
 from .report import ExerciseResult, Report, lost_exercise
 
 IGNORED = ("__MACOSX", "__pycache__", ".ipynb_checkpoints")
@@ -32,6 +34,7 @@ class ClassGrades:
     reports: dict[str, Report]  # student -> report, in the order of the students' folder names
     seconds: float
     complete: bool = True  # False: the run was interrupted, and only the students in `reports` were graded
+    sandbox: object = None  # the sandbox.Sandbox the learners' code ran in
 
 
 def find_submission_file(folder: Path) -> Path:
@@ -74,64 +77,86 @@ def _stub_count(path: Path) -> int:
         return 10**6
 
 
-def _lost_report(lesson: Lesson, exercises, seed: int, model: str, source: str, message: str) -> Report:
+def _lost_report(lesson: Lesson, exercises, seed: int, model: str, source: str, message: str,
+                 status: str = "error") -> Report:
     """Every exercise at zero with one message (no file, a grader error); exercises from checks.py or lesson.json."""
-    rows = [(e.id, e.title, e.function) for e in exercises] if exercises else [(i, i, "") for i in lesson.points]
-    results = [lost_exercise(i, t, f, float(lesson.points.get(i, 0)), "error", message) for i, t, f in rows]
+    rows = [(e.id, e.title, e.function) for e in exercises] if exercises else [(i, "", "") for i in lesson.points]
+    results = [lost_exercise(i, t, f, float(lesson.points.get(i, 0)), status, message) for i, t, f in rows]
     return Report(lesson.id, source, seed, model, results)
 
 
-def grade_one(lesson: Lesson, folder: Path, exercises, oracle: Oracle | None, seed: int, model: str,
-              time_limit_s=None, memory_limit_mb=None) -> Report:
-    """One student's report; never raises (a problem becomes that student's errors)."""
-    try:
-        if oracle is None:
-            raise GradingError("checks.py failed to load")
-        learner_file = find_submission_file(folder)
-        return run_checks(lesson, learner_file, seed=seed, model=model, oracle=oracle,
-                          time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb)
-    except GradingError as exc:
-        return _lost_report(lesson, exercises, seed, model, str(folder), str(exc))
-    except Exception as exc:  # a bug in the grader must not cost the other students their grades
-        return _lost_report(lesson, exercises, seed, model, str(folder), f"grader error: {type(exc).__name__}: {exc}")
+def grade_one(lesson: Lesson, folder: Path, oracle: Oracle | None, time_limit_s=None, memory_limit_mb=None,
+              sandbox=None, secret=()) -> Report:
+    """One student's report; never raises (a problem becomes that student's errors). A grader error that is not
+    the lesson's own (its checks.py failing for everyone) is given a second chance: the student is graded again."""
+    exercises = list(oracle.exercises.values()) if oracle else None
+    seed, model = (oracle.seed, oracle.model_name) if oracle else (0, lesson.settings["default_model"])
+    report = None
+    for _ in range(2):
+        try:
+            if oracle is None:
+                raise GradingError("checks.py failed to load")
+            learner_file = find_submission_file(folder)
+            report = run_checks(lesson, learner_file, oracle=oracle, time_limit_s=time_limit_s,
+                                memory_limit_mb=memory_limit_mb, sandbox=sandbox, secret=secret)
+        except GradingError as exc:
+            return _lost_report(lesson, exercises, seed, model, str(folder), str(exc))
+        except isolation.GradingStopped:
+            raise
+        except Exception as exc:  # a bug in the grader must not cost the other students their grades
+            report = _lost_report(lesson, exercises, seed, model, str(folder),
+                                  f"grader error: {type(exc).__name__}: {exc}", status="grader error")
+        if not any(e.status == "grader error" and oracle is not None and oracle.error(e.id) is None
+                   and oracle.built(e.id) for e in report.exercises) or isolation.STOP.is_set():
+            return report
+    return report
 
 
 def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: int | None = None,
                       model: str | None = None, root=None, time_limit_s=None, memory_limit_mb=None,
-                      on_done=None) -> ClassGrades:
+                      on_done=None, outputs=()) -> ClassGrades:
     """Grade every student folder in submissions_dir, `jobs` at a time (default: all cores). on_done(student,
-    report) is called as each finishes."""
+    report) is called as each finishes. outputs: the files the results will be written to (kept from the
+    learners' processes). Refuses to start if the lesson's files or weights differ from the manifest."""
     lesson = get_lesson(lesson, root)
     check_options(model, seed, time_limit_s, memory_limit_mb)  # a bad option stops here, not as N grader errors
     folders = sorted(p for p in Path(submissions_dir).iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     model = model or lesson.settings["default_model"]
+    from .manifest import verify
+
+    verify(lesson, model)
+    box = sandbox.choose()
+    launchers.warm_up(box)
     start = time.perf_counter()
+    secret = [Path(submissions_dir).resolve(), *(Path(o).resolve() for o in outputs if o)]
+    if box.mode == "user":
+        sandbox.protect_answer_keys([lesson.path, *(p for p in lessons_root().iterdir() if p.is_dir())])
     try:
-        exercises = load_checks(lesson)
-        oracle = Oracle(exercises, seed, model)
-        oracle.prefetch([e.id for e in exercises])
+        oracle = Oracle(load_checks(lesson), seed, model)
     except Exception as exc:  # every student gets the error; the outputs are still written
-        exercises, oracle = None, None
+        oracle = None
         load_error = f"grader error: {lesson.name}/checks.py failed to load: {type(exc).__name__}: {exc}"
 
     def grade(folder: Path) -> Report:
         if oracle is None:
-            report = _lost_report(lesson, None, seed, model, str(folder), load_error)
+            report = _lost_report(lesson, None, seed, model, str(folder), load_error, status="grader error")
         else:
-            report = grade_one(lesson, folder, exercises, oracle, seed, model, time_limit_s, memory_limit_mb)
+            report = grade_one(lesson, folder, oracle, time_limit_s, memory_limit_mb, box, secret)
         if isolation.STOP.is_set():  # interrupted while this one ran: its report is not a grade
             return None
         if on_done:
             on_done(folder.name, report)
         return report
 
+    closed = sandbox.ClosedFolder(submissions_dir) if box.mode == "user" else contextlib.nullcontext()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
     futures = [(folder.name, pool.submit(grade, folder)) for folder in folders]
     try:
-        pending = {future for _, future in futures}
-        while pending:  # in slices: Linux may deliver Ctrl-C's SIGINT to a worker thread, and a main thread blocked
-            _, pending = wait(pending, timeout=0.2)  # in one long lock wait would not see it until the end
+        with closed:
+            pending = {future for _, future in futures}
+            while pending:  # in slices: Linux may deliver Ctrl-C's SIGINT to a worker thread, and a main thread
+                _, pending = wait(pending, timeout=0.2)  # blocked in one long lock wait would not see it till the end
         reports = {name: future.result() for name, future in futures}
         complete = True
     except KeyboardInterrupt:  # Ctrl-C: keep the students already graded, stop the rest within a second
@@ -144,17 +169,25 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
     finally:
         pool.shutdown(wait=True)
         isolation.STOP.clear()
-    return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3), complete)
+    return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3), complete, box)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------------------
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write by renaming a fresh file (unpredictable name, opened exclusively) over `path`: a reader sees the old
+    file or the new one, and nobody can have prepared the temporary file or a link in its place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _problems(report: Report) -> str:
@@ -163,13 +196,17 @@ def _problems(report: Report) -> str:
 
 def csv_text(grades: ClassGrades) -> str:
     """One row per student, one column per exercise (its score), then the total and the non-passing statuses."""
-    ids = list(grades.lesson.points)
+    ids, names = list(grades.lesson.points), list(grades.lesson.predictions)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", *ids, "total", "notes"])
+    writer.writerow(["student", *ids, *names, "total", "notes"])
     for student, report in grades.reports.items():
         by_id = {e.id: e.score for e in report.exercises}
-        writer.writerow([student, *(f"{by_id.get(i, 0.0):g}" for i in ids), f"{report.score:g}", _problems(report)])
+        recorded = {p.name: p for p in report.predictions}
+        marks = [(f"{recorded[n].score:g}" if recorded[n].max_score else "recorded") if n in recorded and
+                 recorded[n].recorded else ("0" if grades.lesson.prediction_points(n) else "") for n in names]
+        writer.writerow([student, *(f"{by_id.get(i, 0.0):g}" for i in ids), *marks, f"{report.score:g}",
+                         _problems(report)])
     return out.getvalue()
 
 
@@ -188,8 +225,13 @@ def gradescope_results(report: Report, lesson: Lesson) -> dict:
     tests = []
     for ex_id, points in lesson.points.items():
         e = by_id.get(ex_id) or lost_exercise(ex_id, ex_id, "", float(points), "error", "grader error: not graded")
-        tests.append({"name": f"{ex_id} {e.title}", "number": ex_id, "score": e.score, "max_score": float(points),
+        tests.append({"name": f"{ex_id} {e.title}".strip(), "number": ex_id, "score": e.score, "max_score": float(points),
                       "status": "passed" if e.status == "pass" else "failed", "output": _test_output(e)})
+    for p in report.predictions:  # recorded or not, never right or wrong
+        tests.append({"name": f"{p.name}: {p.question}"[:200], "number": p.name, "score": p.score,
+                      "max_score": p.max_score, "status": "passed" if p.recorded else "failed",
+                      "output": f"recorded: {p.value}" if p.recorded else
+                      f"not recorded: set {p.name} (at the top level of your file) before the cell that measures it"})
     return {
         "score": round(sum(t["score"] for t in tests), 4),
         "execution_time": round(report.seconds, 3),
@@ -213,7 +255,8 @@ def write_outputs(grades: ClassGrades, csv_path=None, gradescope_path=None) -> N
 # ---- Gradescope ---------------------------------------------------------------------------------------------------
 
 def autograde(lesson, root_dir: Path, root=None) -> dict:
-    """What run_autograder does: grade root_dir/submission, write root_dir/results/results.json; never raises."""
+    """What run_autograder does: grade root_dir/submission, write root_dir/results/results.json (from this
+    process's own verdicts only); never raises."""
     root_dir = Path(root_dir)
     results_path = root_dir / "results" / "results.json"
     try:
@@ -222,14 +265,20 @@ def autograde(lesson, root_dir: Path, root=None) -> dict:
         results = {"score": 0.0, "output": f"grader error: {exc}", "tests": []}
         _write_atomic(results_path, json.dumps(results, indent=1))
         return results
-    grades_seed = secrets.randbelow(2**31)
+    seed = secrets.randbelow(2**31)
     model = lesson.settings["default_model"]
     try:
-        exercises = load_checks(lesson)
-        report = grade_one(lesson, root_dir / "submission", exercises, Oracle(exercises, grades_seed, model),
-                           grades_seed, model)
+        from .manifest import verify
+
+        verify(lesson, model)
+        box = sandbox.choose()
+        launchers.warm_up(box)
+        if box.mode == "user":
+            sandbox.protect_answer_keys([lesson.path])
+        oracle = Oracle(load_checks(lesson), seed, model)
+        report = grade_one(lesson, root_dir / "submission", oracle, sandbox=box, secret=[results_path.parent])
     except Exception as exc:
-        report = _lost_report(lesson, None, grades_seed, model, "submission", f"grader error: {exc}")
+        report = _lost_report(lesson, None, seed, model, "submission", f"grader error: {exc}", status="grader error")
     results = gradescope_results(report, lesson)
     _write_atomic(results_path, json.dumps(results, indent=1))
     return results

@@ -21,9 +21,9 @@ from .api import GradingError
 from .lessons import find_lessons, get_lesson, lessons_root, load_checks, read_hints
 from . import workspace as ws
 
-ISOLATION_NOTE = ("Each submission runs in its own process with a time and a memory limit; this is process "
-                  "isolation, not a security sandbox: grade code you do not trust inside a container or VM "
-                  "(as Gradescope does).")
+ISOLATION_NOTE = ("Each submission runs in its own process, with time and memory limits, in the strongest sandbox "
+                  "that works here: as root, a uid of its own; otherwise bubblewrap; otherwise none (the start of "
+                  "the run says which protections are off). MINIMECH_SANDBOX=user|bwrap|none picks one.")
 STARS = {1: "*", 2: "**", 3: "***"}
 
 
@@ -39,6 +39,9 @@ def _exercise(text: str):
 def _print_report(report, print_table) -> None:
     rows = [[e.id, e.title, e.status, f"{e.score:g}/{e.max_score:g}", e.summary()] for e in report.exercises]
     print_table(["exercise", "title", "status", "score", "cases"], rows, "<<<>>")
+    for p in report.predictions:  # recorded or not: a prediction is never marked right or wrong
+        state = f"recorded: {p.value}" if p.recorded else "not recorded yet"
+        print(f"{p.name}: {state}" + (f"   ({p.score:g}/{p.max_score:g})" if p.max_score else ""))
     print(f"\ntotal {report.score:g}/{report.max_score:g}   (seed {report.seed}, model {report.model}, "
           f"{report.seconds:.1f} s)")
     failure = report.first_failure()
@@ -93,15 +96,25 @@ def register(command, arg, print_table) -> None:
              arg("exercises", nargs="*", help="only these exercises (e.g. 3 or 02.3); default: all"),
              dir_arg, arg("--file", default=None, help="check this file instead of the workspace's lesson.py"),
              arg("--seed", type=int, default=None, help="the inputs' seed (default: random, shown)"),
-             arg("--model", default=None, help="the model the checks use (default: the lesson's)"))
+             arg("--model", default=None, help="the model the checks use (default: the lesson's)"),
+             arg("--time-limit", type=float, default=None, metavar="S",
+                 help="seconds per exercise (default: lesson.json's, grown for a bigger --model)"),
+             arg("--memory-limit", type=int, default=None, metavar="MB",
+                 help="MB beyond what is loaded (default: lesson.json's, grown for a bigger --model)"))
     def cmd_check(args) -> int:
+        from tqdm import tqdm
+
         from .checking import run_checks
 
         lesson = get_lesson(args.lesson)
         workspace = ws.workspace_for(args.dir)
         path = Path(args.file) if args.file else ws.learner_file(lesson, workspace)
         print(f"checking {path} (lesson {lesson.id}: {lesson.title})\n")
-        report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model)
+        total = len(args.exercises) if args.exercises else len(lesson.points)
+        with tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar:
+            report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model,
+                                time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit,
+                                progress=lambda ex_id: bar.update(1))
         _print_report(report, print_table)
         if not args.file or Path(args.file).resolve() in {(workspace / lesson.name / name).resolve()
                                                           for name in ("lesson.py", "lesson.ipynb")}:
@@ -200,6 +213,9 @@ def _register_instructor_commands(command, arg, print_table) -> None:
         lesson = get_lesson(args.lesson)
         for option, path in (("--csv", args.csv), ("--gradescope", args.gradescope)):
             _check_output_path(option, path)  # before the grading, which can take a while, not after it
+        from .sandbox import choose
+
+        print(choose().describe(), file=sys.stderr, flush=True)
         lock = threading.Lock()
 
         def done(student, report):
@@ -207,7 +223,8 @@ def _register_instructor_commands(command, arg, print_table) -> None:
                 print(f"  {student}: {report.score:g}/{report.max_score:g}", flush=True)
 
         grades = grade_submissions(lesson, args.submissions, jobs=args.jobs, seed=args.seed, model=args.model,
-                                   time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done)
+                                   time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit, on_done=done,
+                                   outputs=(args.csv, args.gradescope))
         write_outputs(grades, args.csv, args.gradescope)
         if not grades.complete:
             print(f"interrupted: the outputs hold the {len(grades.reports)} submissions graded before Ctrl-C, not the "
@@ -219,10 +236,11 @@ def _register_instructor_commands(command, arg, print_table) -> None:
             if path:
                 print(f"  wrote {path}")
         lost = sorted({student for student, report in grades.reports.items()
-                       for e in report.exercises if e.message.startswith("grader error")})
+                       for e in report.exercises if e.status == "grader error"})
         if lost:  # the grader's fault, not the students': say so, and fail the command
             print(f"grader errors in {len(lost)} submission(s) ({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''})"
-                  ": their scores are not the students' fault; see the notes column", file=sys.stderr)
+                  ", each graded twice: their scores are not the students' fault; see the notes column",
+                  file=sys.stderr)
             return 1
         return 0
 

@@ -63,6 +63,17 @@ class Lesson:
     def forbidden_imports(self) -> list[str]:
         return sorted(set(self.settings.get("forbidden_imports", [])) | set(ALWAYS_FORBIDDEN))
 
+    @property
+    def predictions(self) -> dict[str, str]:
+        """{"prediction_1": "the question, with the form of the answer", ...} from lesson.json (may be empty)."""
+        return dict(self.settings.get("predictions") or {})
+
+    def prediction_points(self, name: str) -> float:
+        """Points for recording a prediction (never for its being right): lesson.json's "prediction_points", a
+        number for each or {name: points}; 0 when absent."""
+        points = self.settings.get("prediction_points") or 0
+        return float(points.get(name, 0) if isinstance(points, dict) else points)
+
     def file(self, name: str) -> Path:
         path = self.path / name
         if not path.is_file():
@@ -93,6 +104,9 @@ def read_lesson(path: Path) -> Lesson:
     missing = [k for k in REQUIRED_KEYS if k not in settings]
     if missing:
         raise GradingError(f"{settings_file} lacks {', '.join(missing)}")
+    predictions = settings.get("predictions") or {}
+    if not isinstance(predictions, dict) or not all(re.match(r"^prediction_\d+$", str(k)) for k in predictions):
+        raise GradingError(f"{settings_file}: predictions must map names prediction_1, prediction_2, ... to questions")
     bad = [k for k in settings["points"] if not EXERCISE_ID.match(k) or not k.startswith(match.group(1) + ".")]
     if bad:
         raise GradingError(f"{settings_file}: points has ids {bad} that are not exercises of lesson {match.group(1)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 STATUSES = ("pass", "fail", "not attempted", "error", "timeout", "memory", "exited", "forbidden import",
-            "model mutated")
+            "model mutated", "grader error")  # grader error: the grader failed, not the learner's code
 # An exercise with one of these gets no credit at all (a case that merely errs or fails still leaves partial credit).
 LOSES_EXERCISE = ("timeout", "memory", "exited", "forbidden import", "model mutated")
 # An upstream exercise with one of these is not blamed for a later exercise's failure (blame_upstream): "not
@@ -42,6 +42,20 @@ class ExerciseResult:
 
 
 @dataclass
+class PredictionResult:
+    """A prediction the lesson asks for (lesson.json "predictions"): recorded or not, never right or wrong."""
+    name: str  # "prediction_1"
+    question: str
+    value: str | None  # the learner's value as text (repr), None when not recorded
+    score: float = 0.0
+    max_score: float = 0.0  # lesson.json "prediction_points" (0: none)
+
+    @property
+    def recorded(self) -> bool:
+        return self.value is not None
+
+
+@dataclass
 class Report:
     lesson: str
     learner_file: str
@@ -49,14 +63,15 @@ class Report:
     model: str
     exercises: list[ExerciseResult]
     seconds: float = 0.0
+    predictions: list[PredictionResult] = field(default_factory=list)
 
     @property
     def score(self) -> float:
-        return round(sum(e.score for e in self.exercises), 4)
+        return round(sum(e.score for e in self.exercises) + sum(p.score for p in self.predictions), 4)
 
     @property
     def max_score(self) -> float:
-        return round(sum(e.max_score for e in self.exercises), 4)
+        return round(sum(e.max_score for e in self.exercises) + sum(p.max_score for p in self.predictions), 4)
 
     def result(self, exercise_id: str) -> ExerciseResult:
         return next(e for e in self.exercises if e.id == exercise_id)
@@ -72,7 +87,7 @@ class Report:
 def score_exercise(ex_id: str, title: str, function: str, points: float, cases: list[CaseResult]) -> ExerciseResult:
     """One exercise's status and score from its cases: partial credit = passed weight / total weight."""
     if not cases:
-        return lost_exercise(ex_id, title, function, points, "error", "grader error: no case was run")
+        return lost_exercise(ex_id, title, function, points, "grader error", "grader error: no case was run")
     statuses = [c.status for c in cases]
     passed = sum(c.weight for c in cases if c.status == "pass") / sum(c.weight for c in cases)
     hard = next((s for s in statuses if s in LOSES_EXERCISE), None)
@@ -87,7 +102,7 @@ def score_exercise(ex_id: str, title: str, function: str, points: float, cases: 
     # the message of the case that decided the status (else the first that did not pass)
     first = next((c for c in cases if c.status == status), None) or next((c for c in cases if c.status != "pass"), None)
     message = ""
-    if first is not None:
+    if first is not None and status != "pass":
         message = first.message
         if len(cases) > 1 and status != "not attempted":
             message = f"case {cases.index(first) + 1} ({first.label}): {message}"

@@ -1,18 +1,18 @@
 """Calling the learner's function on each case: the part that runs where the learner's code runs.
 
-run_exercise() builds an exercise's cases, calls the learner's function on each, and returns a record (JSON-able)
-plus the outputs' tensors. It never sees a reference answer. Around each call it fingerprints every model the call
-could reach (its weights, buffers and attached hooks) so a call that changes a model is caught, and it sorts
-exceptions into statuses: not attempted, error, memory, exited, forbidden import.
+run_exercise() calls the learner's function on each case's arguments and returns one record of facts per case: the
+output (as wire data), or what was raised, or that a model changed, or that a forbidden module or library function
+was reached. It decides no status and no mark: the grading process does (verdicts.py), from these facts, and no
+fact can claim a pass. Around each call it fingerprints every model the call could reach (weights, buffers and
+attached hooks), so a call that changes a model is caught.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import inspect
-import re
 import sys
+import threading
 import traceback
 import zlib
 from contextlib import contextmanager
@@ -29,7 +29,8 @@ MEMORY_MESSAGES = ("can't allocate memory", "cannot allocate memory", "not enoug
 
 
 class ForbiddenImportError(ImportError):
-    """A submission imported a module it may not (e.g. the lesson's solutions)."""
+    """A submission imported a module it may not (e.g. the lesson's solutions), or called a library function the
+    exercise asks it to write."""
 
 
 # ---- fingerprints -----------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, str]:
     return prints
 
 
-def _models_in(args: dict) -> list[torch.nn.Module]:
+def models_in(args: dict) -> list[torch.nn.Module]:
     found = {id(m): m for m in loaded_models()}
     for value in args.values():
         if isinstance(value, torch.nn.Module):
@@ -65,40 +66,18 @@ def _mutation(before: dict[int, dict], models: list) -> "str | None":
     for model in models:
         after = model_fingerprint(model)
         old, before[id(model)] = before[id(model)], after
-        changed = [k for k in old.keys() | after.keys() if old.get(k) != after.get(k)]
+        changed = sorted(k for k in old.keys() | after.keys() if old.get(k) != after.get(k))
         if changed:
-            what = sorted(changed)[0]
-            if what.startswith("hook"):
-                return (f"your function left a hook attached ({what}): attach hooks with `with model.hooks([...]):` "
-                        "so they are removed when the block ends")
-            return (f"your function changed the model ({what} and {len(changed) - 1} more): work on a copy "
-                    "(.clone()) instead of changing weights in place")
+            return changed[0] if changed[0].startswith("hook") else f"{changed[0]} and {len(changed) - 1} more"
     return None
 
 
-def _describe_input(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return _tensor_digest(value)
-    if isinstance(value, torch.nn.Module):  # cheap and exact: every shape, the 8 smallest tensors' bytes
-        params = list(value.named_parameters())
-        smallest = sorted(params, key=lambda item: (item[1].numel(), item[0]))[:8]
-        return repr([(n, list(p.shape)) for n, p in params] + [_tensor_digest(p) for _, p in smallest])
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_describe_input(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k!r}:{_describe_input(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (int, float, str, bool, type(None))):
-        return repr(value)
-    return type(value).__name__
+# ---- exceptions, as facts ---------------------------------------------------------------------------------------
 
+def is_learner_code(filename: str, learner_file: str) -> bool:
+    """Whether code compiled from `filename` is the learner's: their file, or a cell of their converted notebook."""
+    return filename == learner_file or filename.startswith(f"{learner_file} cell ")
 
-def input_digest(args: dict) -> str:
-    """A digest of a case's inputs, compared between the two processes to catch non-deterministic cases()."""
-    text = ";".join(f"{key}={_describe_input(args[key])}" for key in sorted(args))
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-# ---- exceptions -------------------------------------------------------------------------------------------------
 
 def learner_line(exc: BaseException, learner_file: str) -> str:
     """'line 12: `return x.softmax(0)`' for the deepest frame in the learner's file, or ''."""
@@ -108,43 +87,35 @@ def learner_line(exc: BaseException, learner_file: str) -> str:
         return ""
     frame = frames[-1]
     cell = frame.filename[len(learner_file) + 1:] if frame.filename.startswith(f"{learner_file} cell ") else ""
-    return f"your {cell + ', ' if cell else ''}line {frame.lineno}: `{(frame.line or '').strip()}`"
+    return f"your {cell + ', ' if cell else ''}line {frame.lineno}: `{(frame.line or '').strip()[:120]}`"
 
 
-def classify(exc: BaseException, exercise_id: str, learner_file: str) -> tuple[str, str]:
-    """(status, message) for an exception the learner's call raised."""
-    where = learner_line(exc, learner_file)
-    suffix = f" ({where})" if where else ""
+def exception_facts(exc: BaseException, learner_file: str) -> dict:
+    """What a learner's call raised, as plain data: its kind, type, text and the learner's line."""
     text = " ".join(str(exc).split())[:300]
     if isinstance(exc, NotImplementedError):
-        other = re.search(r"EXERCISE (\d\d\.\d+)", text)
-        if other and other.group(1) != exercise_id:
-            return "error", f"this calls your exercise {other.group(1)}, which is not written yet{suffix}"
-        return "not attempted", "not attempted yet (the function still raises NotImplementedError)"
-    if isinstance(exc, ForbiddenImportError):
-        return "forbidden import", f"{text}{suffix}"
-    out_of_memory = isinstance(exc, RuntimeError) and any(m in text.lower() for m in MEMORY_MESSAGES)
-    if isinstance(exc, MemoryError) or out_of_memory:
-        return "memory", f"ran out of memory (over the lesson's memory_limit_mb): {type(exc).__name__} {text}{suffix}"
-    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-        return "error", (f"your code printed or wrote more than the grader keeps ({FILE_LIMIT_MB} MB): print less, "
-                         f"e.g. shapes instead of whole tensors{suffix}")
-    if isinstance(exc, AssertionError) and "daemonic processes" in text:
-        return "error", f"your code starts processes (multiprocessing), which a graded function cannot: compute in " \
-                        f"one process{suffix}"
-    if isinstance(exc, SystemExit):
-        return "exited", f"called sys.exit({exc.code!r}); return a value instead{suffix}"
-    if isinstance(exc, WireError):
-        return "error", f"your function {text}"
-    return "error", f"{type(exc).__name__}: {text}{suffix}"
+        kind = "not implemented"
+    elif isinstance(exc, ForbiddenImportError):
+        kind = "forbidden"
+    elif isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and any(m in text.lower()
+                                                                              for m in MEMORY_MESSAGES):
+        kind = "memory"
+    elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        kind = "file too big"
+    elif isinstance(exc, AssertionError) and "daemonic processes" in text:
+        kind = "processes"
+    elif isinstance(exc, SystemExit):
+        kind, text = "exit", repr(exc.code)[:100]
+    elif isinstance(exc, RecursionError):
+        kind = "recursion"
+    elif isinstance(exc, WireError):
+        kind = "unsendable"
+    else:
+        kind = "error"
+    return {"kind": kind, "type": type(exc).__name__[:80], "text": text, "where": learner_line(exc, learner_file)}
 
 
-# ---- the conditions of one call ---------------------------------------------------------------------------------
-
-def is_learner_code(filename: str, learner_file: str) -> bool:
-    """Whether code compiled from `filename` is the learner's: their file, or a cell of their converted notebook."""
-    return filename == learner_file or filename.startswith(f"{learner_file} cell ")
-
+# ---- library traps ----------------------------------------------------------------------------------------------
 
 def _resolve(dotted: str):
     """The object a dotted name ("minimech.analysis.logit_diff") names, from modules already loaded, or None."""
@@ -161,55 +132,117 @@ def _resolve(dotted: str):
     return None
 
 
-def library_bindings(names, learner_file: str) -> list[tuple[dict, str, object, str]]:
-    """(namespace, attribute, function, dotted name) for every binding of the named library functions in minimech's
-    modules, torch's and the learner's: found once per exercise (a scan of ~1,000 modules takes ~12 ms)."""
-    originals = {}  # {id: (dotted name, function)}; classes are left alone (isinstance checks need them)
-    for name in names:
-        obj = _resolve(name)
-        if callable(obj) and not isinstance(obj, type):
-            originals[id(obj)] = (name, obj)
-    if not originals:
-        return []
-    found = []
-    for module in list(sys.modules.values()):
-        module_name = getattr(module, "__name__", "") or ""
-        if not (module_name.split(".")[0] in ("minimech", "torch", "learner_lesson")
-                or getattr(module, "__file__", None) == learner_file):
-            continue
-        namespace = getattr(module, "__dict__", {})
-        for attr, value in list(namespace.items()):
-            if id(value) in originals and value is originals[id(value)][1]:
-                found.append((namespace, attr, value, originals[id(value)][0]))
-    return found
+def _library_dirs() -> tuple[str, ...]:
+    import minimech
+
+    return tuple(str(Path(m.__file__).resolve().parent) + "/" for m in (minimech, torch))
 
 
-@contextmanager
-def library_traps(bindings, learner_file: str, attempts: list):
-    """While the block runs, calling one of the bound library functions (library_bindings) *from the learner's code*
-    raises ForbiddenImportError; the library's own uses of them (model internals, other helpers) run as usual.
-    Every binding is swapped, so `from minimech.analysis import x` is caught as well as `minimech.analysis.x`."""
-    def make_trap(name, original):
+class LibraryTraps:
+    """Calls of the library functions an exercise asks the learner to write, caught by the function's identity.
+
+    install() replaces every module-level binding of each function (in every loaded module, so `import torch`,
+    `from torch import softmax`, getattr by name, default arguments and closures made after it all get the trap)
+    with a trap. While an exercise that lists a function is armed, its trap refuses a call whose caller `refuses`
+    (in a child: any caller outside minimech's and torch's own files, so a thread, an exec'd string or functools
+    cannot launder it), and a profiler catches the original function object called from such code, however the
+    learner got hold of it. The library's own calls (a model's forward, an analysis helper) run as usual.
+    """
+
+    def __init__(self, names, refuses, attempts: list):
+        self.refuses, self.attempts = refuses, attempts
+        self.originals: dict[int, tuple[str, object]] = {}  # id -> (dotted name, function); classes are left alone
+        for name in names:
+            obj = _resolve(name)
+            if callable(obj) and not isinstance(obj, type) and id(obj) not in self.originals:
+                self.originals[id(obj)] = (name, obj)
+        # a Python function is known by its innermost code (decorators such as torch.no_grad share their wrapper's
+        # code among every function they wrap), and its caller is found above its wrappers' frames
+        self.codes: dict[int, tuple[str, set]] = {}
+        for name, function in self.originals.values():
+            chain = [function]
+            while hasattr(chain[-1], "__wrapped__") and len(chain) < 10:
+                chain.append(chain[-1].__wrapped__)
+            codes = [getattr(f, "__code__", None) for f in chain]
+            if codes[-1] is not None:
+                self.codes[id(codes[-1])] = (name, {id(c) for c in codes[:-1] if c is not None})
+        self.traps = {i: self._trap(n, f) for i, (n, f) in self.originals.items()}
+        self.armed: frozenset = frozenset()
+        self.swapped: list[tuple[dict, str, object]] = []
+        self.scanned: set[int] = set()
+
+    def _refuse(self, name: str):
+        self.attempts.append(("call", name))
+        raise ForbiddenImportError(f"calls {name}, the library's own version of what this exercise asks you to write")
+
+    def _trap(self, name: str, original):
+        traps = self
+
         def trap(*args, **kwargs):
-            if is_learner_code(sys._getframe(1).f_code.co_filename, learner_file):
-                attempts.append(name)
-                raise ForbiddenImportError(f"calls {name}, the library's own version of what this exercise "
-                                           "asks you to write: write it yourself")
+            if name in traps.armed and traps.refuses(sys._getframe(1)):
+                traps._refuse(name)
             return original(*args, **kwargs)
+
+        trap.__name__ = getattr(original, "__name__", "trap")
+        trap.__doc__ = getattr(original, "__doc__", None)
         return trap
 
-    traps = {id(value): make_trap(name, value) for _, _, value, name in bindings}
-    swapped = []
-    try:
-        for namespace, attr, value, _ in bindings:
-            if namespace.get(attr) is value:  # still bound as found (the learner's code may have rebound it)
-                namespace[attr] = traps[id(value)]
-                swapped.append((namespace, attr, value))
-        yield
-    finally:
-        for namespace, attr, value in swapped:
-            namespace[attr] = value
+    def install(self) -> None:
+        """Swap the bindings in every module not scanned yet (call again after new modules were imported)."""
+        if not self.originals:
+            return
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", None)
+            if id(module) in self.scanned or not isinstance(namespace, dict):
+                continue
+            self.scanned.add(id(module))
+            for attr, value in list(namespace.items()):
+                if id(value) in self.originals and value is self.originals[id(value)][1]:
+                    namespace[attr] = self.traps[id(value)]
+                    self.swapped.append((namespace, attr, value))
 
+    def uninstall(self) -> None:
+        for namespace, attr, value in self.swapped:
+            if namespace.get(attr) is self.traps[id(value)]:
+                namespace[attr] = value
+        self.swapped, self.scanned = [], set()
+
+    def _profile(self, frame, event, arg):
+        if event == "c_call":
+            entry = self.originals.get(id(arg))
+            if entry and entry[1] is arg and entry[0] in self.armed and self.refuses(frame):
+                self._refuse(entry[0])
+        elif event == "call" and id(frame.f_code) in self.codes:
+            name, wrappers = self.codes[id(frame.f_code)]
+            caller = frame.f_back
+            while caller is not None and id(caller.f_code) in wrappers:
+                caller = caller.f_back
+            if name in self.armed and caller is not None and self.refuses(caller):
+                self._refuse(name)
+
+    @contextmanager
+    def arm(self, names):
+        """While the block runs, the named functions refuse untrusted callers (in every thread)."""
+        self.armed = frozenset(n for n in names if any(n == name for name, _ in self.originals.values()))
+        profiling = bool(self.armed)
+        if profiling:
+            sys.setprofile(self._profile)
+            threading.setprofile(self._profile)
+        try:
+            yield
+        finally:
+            if profiling:
+                sys.setprofile(None)
+                threading.setprofile(None)
+            self.armed = frozenset()
+
+
+def outside_library(frame) -> bool:
+    """The child's rule: only minimech's and torch's own code may call an armed function."""
+    return not frame.f_code.co_filename.startswith(_library_dirs())
+
+
+# ---- the conditions of one call ---------------------------------------------------------------------------------
 
 @contextmanager
 def lesson_conditions():
@@ -243,77 +276,62 @@ def call_with(fn, args: dict):
 
 # ---- one exercise -----------------------------------------------------------------------------------------------
 
-def build_cases(exercise: Exercise, seed: int, model_name: str) -> list[Case]:
-    """The exercise's cases, made the same way in both processes (global RNG reset too, for cases() that use it)."""
+def build_cases(exercise: Exercise, seed: int, model_name: str, models: dict | None = None) -> list[Case]:
+    """The exercise's cases (global RNG reset too, for cases() that use it); models: where ctx.model() keeps its
+    models (the oracle's own dict; None: this process's)."""
     torch.manual_seed(seed)
-    cases = exercise.cases(CaseContext(seed, model_name))
+    cases = exercise.cases(CaseContext(seed, model_name, models))
     if not cases or not all(isinstance(c, Case) for c in cases):
         raise TypeError(f"cases() of exercise {exercise.id} must return a non-empty list of Case")
     return cases
 
 
-def call_case(fn, case: Case, exercise_id: str, learner_file: str, forbidden_attempts: list,
-              prints: dict[int, dict], library_bound=()) -> tuple[str, str, object]:
-    """(status, message, output) of one call; status "ok" means it returned (right or wrong is decided elsewhere).
-    prints {id(model): fingerprint} carries each model's fingerprint from one call to the next."""
-    models = _models_in(case.args)
+def call_case(fn, args: dict, learner_file: str, attempts: list, prints: dict[int, dict], traps: LibraryTraps,
+              library=()) -> tuple[dict, object]:
+    """(facts, output) of one call: facts {"returned": True}, {"raised": ...}, {"forbidden": ...} or
+    {"mutated": ...}. prints {id(model): fingerprint} carries each model's fingerprint from one call to the next."""
+    models = models_in(args)
     for model in models:
         if id(model) not in prints:
             prints[id(model)] = model_fingerprint(model)
-    attempts = len(forbidden_attempts)
-    status, message, output = "ok", "", None
+    before = len(attempts)
+    facts, output = {"returned": True}, None
     try:
-        with lesson_conditions(), library_traps(library_bound, learner_file, forbidden_attempts):
-            output = call_with(fn, case.args)
+        with lesson_conditions(), traps.arm(library):
+            output = call_with(fn, args)
     except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt: a learner's call must not end the run
-        status, message = classify(exc, exercise_id, learner_file)
-    if len(forbidden_attempts) > attempts and status != "forbidden import":
-        status, message = "forbidden import", f"imported {forbidden_attempts[-1]!r}, which a submission may not"
+        facts = {"raised": exception_facts(exc, learner_file)}
+    if len(attempts) > before:
+        kind, name = attempts[before]
+        facts = {"forbidden": {"kind": kind, "name": name}}
     mutated = _mutation(prints, models)
     if mutated:
         for model in models:
             forget_model(model)  # the next exercise loads a fresh copy
-        status, message = "model mutated", mutated
-    return status, message, output
+        facts = {"mutated": mutated}
+    return facts, output
 
 
-def run_exercise(module, exercise: Exercise, seed: int, model_name: str, learner_file: str,
-                 forbidden_attempts: list, cases: list[Case] | None = None,
-                 setup_error: str | None = None) -> tuple[dict, dict]:
-    """The record of one exercise ({"exercise", "setup_error", "cases": [...]}) and its outputs' tensors.
-
-    exercise needs only .id, .function and .library here. cases: built beforehand (the isolated child builds every
-    exercise's cases before it imports the learner's file, then drops the answer key); None builds them now."""
-    record = {"exercise": exercise.id, "setup_error": None, "cases": []}
+def run_exercise(module, function: str, library, cases_args: list[dict], seed: int, learner_file: str,
+                 attempts: list, traps: LibraryTraps) -> tuple[dict, dict]:
+    """{"missing": bool, "cases": [facts per case]} and the outputs' tensors, for one exercise."""
+    record = {"missing": False, "cases": []}
     tensors: dict = {}
-    fn = getattr(module, exercise.function, None)
+    fn = getattr(module, function, None)
     if not callable(fn):
-        record["setup_error"] = (f"your file has no function {exercise.function}(): keep the exercise's function "
-                                 "name as the lesson wrote it")
+        record["missing"] = True
         return record, tensors
-    if setup_error is not None:
-        record["setup_error"] = setup_error
-        return record, tensors
-    if cases is None:
-        try:
-            cases = build_cases(exercise, seed, model_name)
-        except Exception as exc:
-            record["setup_error"] = f"grader error: building the inputs failed: {type(exc).__name__}: {exc}"
-            return record, tensors
     prints: dict[int, dict] = {}
-    bound = library_bindings(getattr(exercise, "library", ()), learner_file)
-    for index, case in enumerate(cases):
-        digest = input_digest(case.args)
+    traps.install()  # modules the learner's file imported since the last exercise
+    for index, args in enumerate(cases_args):
         torch.manual_seed(seed + index)
-        status, message, output = call_case(fn, case, exercise.id, learner_file, forbidden_attempts, prints, bound)
-        structure = None
-        if status == "ok":
+        facts, output = call_case(fn, args, learner_file, attempts, prints, traps, library)
+        if "returned" in facts:
             try:
-                structure = encode(output, tensors, f"c{index}")
+                facts = {"output": encode(output, tensors, f"c{index}")}
             except WireError as exc:
-                status, message = "error", f"your function {exc}"
-        record["cases"].append({"status": status, "message": message, "digest": digest, "output": structure,
-                                "label": case.describe(), "weight": case.weight})
-        if status in ("model mutated", "exited", "forbidden import"):
+                facts = {"raised": exception_facts(exc, learner_file)}
+        record["cases"].append(facts)
+        if "mutated" in facts or "forbidden" in facts or facts.get("raised", {}).get("kind") == "exit":
             break  # the exercise is lost; the remaining cases would run on a changed model or after an exit
     return record, tensors

@@ -1,0 +1,165 @@
+"""The trusted side of a grading run: each exercise's inputs and right answers, shared by nothing mutable.
+
+An Oracle builds every exercise's cases at once, on models of its own (never the process-wide ones), and pickles
+their arguments for the learners' processes before any reference runs: a child gets its inputs as data and never
+loads checks.py. The references are computed in one background thread while the children run. A thread that judges
+gets its own copy of the cases (unpickled from the same bytes): a compare function that re-runs a model with hooks
+touches no object another thread uses, and every judgement is made on pristine inputs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import io
+import marshal
+import pickle
+import threading
+import time
+import types
+import weakref
+
+import torch
+
+from .api import Case, Exercise, GradingError
+from .runner import build_cases
+
+
+def _rebuild_function(code: bytes, namespace: dict, name: str, defaults, cells):
+    """A function that travelled by value (a metric a case holds), rebuilt in the learner's process."""
+    closure = None if cells is None else tuple(types.CellType(c) for c in cells)
+    return types.FunctionType(marshal.loads(code), {"__builtins__": builtins, **namespace}, name, defaults, closure)
+
+
+def _with_grad(rebuild, args, grad):
+    tensor = rebuild(*args)
+    tensor.grad = grad
+    return tensor
+
+
+def _code_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _by_value(function):
+    """(rebuild, args) for a function pickle cannot name (defined in checks.py, which the learner's process never
+    loads, or a lambda or a local function): its code, closure, defaults and the globals it uses travel."""
+    namespace = {n: function.__globals__[n] for n in _code_names(function.__code__) & function.__globals__.keys()}
+    cells = None if function.__closure__ is None else [c.cell_contents for c in function.__closure__]
+    return _rebuild_function, (marshal.dumps(function.__code__), namespace, function.__name__, function.__defaults__,
+                               cells)
+
+
+class _Pickler(pickle.Pickler):
+    """pickle, plus weak references (a model's MLPs point back to it weakly), modules (by name), and functions
+    pickle cannot name (by value: see _by_value)."""
+
+    def reducer_override(self, obj):
+        if type(obj) is weakref.ReferenceType:
+            target = obj()
+            return (weakref.ref, (target,)) if target is not None else (type(None), ())
+        if isinstance(obj, types.ModuleType):
+            if obj.__name__.startswith("_minimech_checks_"):
+                raise pickle.PicklingError("a case may not hold checks.py itself")
+            return importlib.import_module, (obj.__name__,)
+        if isinstance(obj, types.FunctionType) and (str(obj.__module__).startswith("_minimech_checks_")
+                                                    or "<" in obj.__qualname__):
+            return _by_value(obj)
+        if isinstance(obj, torch.Tensor) and obj.grad is not None:  # pickle drops .grad: a case may plant one
+            rebuild = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+            if isinstance(rebuild, tuple) and len(rebuild) == 2:
+                return _with_grad, (*rebuild, obj.grad)
+        return NotImplemented
+
+
+def dumps(value) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def loads(data: bytes):
+    """Unpickle bytes this module made (trusted: only ever the parent's own data)."""
+    return pickle.loads(data)
+
+
+class Oracle:
+    """Each exercise's cases (built once, on this oracle's own models), their pickled arguments for the children,
+    and the reference answers. Never sees learner code."""
+
+    def __init__(self, exercises: list[Exercise], seed: int, model_name: str):
+        self.exercises = {e.id: e for e in exercises}
+        self.seed, self.model_name = seed, model_name
+        self._cases: dict[str, list[Case]] = {}
+        self._errors: dict[str, GradingError] = {}
+        self._answers: dict[str, list] = {}
+        self._local = threading.local()
+        self.reference_seconds: dict[str, float] = {}  # how long each exercise's references took here
+        self.models: dict = {}  # this oracle's models only (ctx.model() loads them here)
+        models = self.models
+        for ex in exercises:
+            try:
+                self._cases[ex.id] = build_cases(ex, seed, model_name, models)
+            except Exception as exc:  # a bug in the lesson's checks.py (or its model is missing), not the learner's
+                self._errors[ex.id] = GradingError(f"grader error in checks.py ({ex.id}): building the inputs "
+                                                   f"failed: {type(exc).__name__}: {exc}")
+        try:  # before any reference runs: the children and the judges get the inputs exactly as built
+            self.payload = dumps({ex_id: [c.args for c in cases] for ex_id, cases in self._cases.items()})
+        except Exception as exc:
+            message = f"grader error in checks.py: a case's arguments cannot be sent to the learner's process " \
+                      f"({type(exc).__name__}: {exc}); cases may hold tensors, numbers, strings, models, " \
+                      "lists and dicts of these"
+            self._errors.update({ex_id: GradingError(message) for ex_id in self._cases})
+            self._cases, self.payload = {}, dumps({})
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._compute_all, name="minimech-oracle", daemon=True)
+        self._thread.start()
+
+    def _compute_all(self) -> None:
+        try:
+            for ex_id, cases in self._cases.items():
+                exercise = self.exercises[ex_id]
+                try:
+                    torch.manual_seed(self.seed)  # a reference that draws from the global generator draws the same
+                    start = time.perf_counter()
+                    self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
+                    self.reference_seconds[ex_id] = time.perf_counter() - start
+                except Exception as exc:  # a bug in the lesson's checks.py, not the learner's
+                    self._errors[ex_id] = GradingError(f"grader error in checks.py ({ex_id}): the reference failed: "
+                                                       f"{type(exc).__name__}: {exc}")
+        finally:
+            self._ready.set()
+
+    def parameters(self) -> int:
+        """How many parameters the largest model this oracle loaded has (0: none was loaded)."""
+        return max((sum(p.numel() for p in m.parameters()) for m in self.models.values()), default=0)
+
+    def built(self, ex_id: str) -> bool:
+        """Whether the exercise's inputs were built (else the child skips it and judging reports the error)."""
+        return ex_id in self._cases
+
+    def error(self, ex_id: str) -> GradingError | None:
+        return self._errors.get(ex_id) if ex_id in self._errors and not self.built(ex_id) else None
+
+    def expected(self, ex_id: str) -> tuple[list[Case], list]:
+        """(this thread's own copy of the cases, its copy of the reference answers); raises GradingError if the
+        lesson's own code failed."""
+        self._ready.wait()
+        if ex_id in self._errors:
+            raise self._errors[ex_id]
+        copies = getattr(self._local, "copies", None)
+        if copies is None:  # one copy per thread, of every exercise at once (a model several share is copied once)
+            args = loads(self.payload)
+            answers = loads(dumps(self._answers))
+            copies = {i: ([Case(a, c.weight, c.label) for a, c in zip(args[i], self._cases[i])], answers[i])
+                      for i in self._cases}
+            self._local.copies = copies
+        return copies[ex_id]
+
+    def drop_copy(self) -> None:
+        """Forget this thread's copies (a compare function left a model changed: the next judgement gets fresh ones)."""
+        self._local.copies = None

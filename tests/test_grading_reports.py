@@ -1,0 +1,112 @@
+"""What grading reports beyond the exercises: predictions (recorded or not, never right or wrong), limits that grow
+with a bigger model, a timeout that is the limit's fault, and a grader error graded once more before it is shown."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from minimech.grading import fill_solutions, get_lesson, run_checks
+from minimech.grading.checking import Oracle, _blame_slow_limits, scaled_limits
+from minimech.grading.lessons import load_checks
+from minimech.grading.report import lost_exercise
+
+ROOT = Path(__file__).resolve().parent / "fixtures" / "lessons"
+
+
+@pytest.fixture(scope="module")
+def predicting(tmp_path_factory):
+    """The fixture lesson, asking two predictions, one point for recording each."""
+    root = tmp_path_factory.mktemp("lessons")
+    shutil.copytree(ROOT / "99_fixture", root / "99_fixture")
+    settings = json.loads((root / "99_fixture" / "lesson.json").read_text())
+    settings["predictions"] = {"prediction_1": "How many heads attend to the previous token? (a whole number)",
+                               "prediction_2": "Which layer writes the answer? (a layer number)"}
+    settings["prediction_points"] = 1
+    (root / "99_fixture" / "lesson.json").write_text(json.dumps(settings))
+    return get_lesson("99", root)
+
+
+def test_predictions_are_recorded_or_not_in_check_grade_and_gradescope(predicting, tmp_path, monkeypatch, capsys):
+    from minimech.cli import main
+
+    text = "prediction_1 = 3  # my guess\nprediction_2 = None\n" + fill_solutions(predicting)
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "subs" / "ann" / "lesson.py").write_text(text)
+    report = run_checks(predicting, tmp_path / "subs" / "ann" / "lesson.py", seed=2, isolate=False)
+    got = {p.name: (p.recorded, p.value, p.score, p.max_score) for p in report.predictions}
+    assert got == {"prediction_1": (True, "3", 1.0, 1.0), "prediction_2": (False, None, 0.0, 1.0)}
+    assert report.score == 7 and report.max_score == 8  # 6 for the exercises, 1 of 2 for predictions
+    monkeypatch.setenv("MINIMECH_LESSONS", str(predicting.path.parent))
+    assert main(["grade", "99", str(tmp_path / "subs"), "--csv", str(tmp_path / "g.csv"), "--gradescope",
+                 str(tmp_path / "r.json"), "--seed", "2"]) == 0
+    row = next(csv.DictReader((tmp_path / "g.csv").open()))
+    assert row["prediction_1"] == "1" and row["prediction_2"] == "0" and row["total"] == "7"
+    tests = {t["number"]: t for t in json.loads((tmp_path / "r.json").read_text())["ann"]["tests"]}
+    assert tests["prediction_1"]["status"] == "passed" and tests["prediction_1"]["output"] == "recorded: 3"
+    assert tests["prediction_2"]["status"] == "failed" and "not recorded" in tests["prediction_2"]["output"]
+    capsys.readouterr()
+    main(["check", "99", "--file", str(tmp_path / "subs" / "ann" / "lesson.py"), "--seed", "2"])
+    out = capsys.readouterr().out
+    assert "prediction_1: recorded: 3" in out and "prediction_2: not recorded yet" in out
+
+
+def test_a_lesson_without_predictions_reports_none(tmp_path):
+    lesson = get_lesson("99", ROOT)
+    (tmp_path / "lesson.py").write_text("prediction_1 = 5\n" + fill_solutions(lesson))
+    report = run_checks(lesson, tmp_path / "lesson.py", seed=1, isolate=False)
+    assert report.predictions == [] and report.score == report.max_score == 6
+
+
+def test_limits_grow_with_a_bigger_model_and_given_ones_stand(tmp_path):
+    root = tmp_path / "lessons"
+    shutil.copytree(ROOT / "99_fixture", root / "99_fixture")
+    settings = json.loads((root / "99_fixture" / "lesson.json").read_text())
+    settings["default_model"] = "attn-only-2l"  # 215,522 parameters; mini-4l has 381,922
+    (root / "99_fixture" / "lesson.json").write_text(json.dumps(settings))
+    lesson = get_lesson("99", root)
+    exercises = load_checks(lesson)
+    assert scaled_limits(lesson, Oracle(exercises, 1, "attn-only-2l")) == (20.0, 1024)
+    bigger = Oracle(exercises, 1, "mini-4l")
+    time_s, memory_mb = scaled_limits(lesson, bigger)
+    assert time_s == pytest.approx(20 * (381922 / 215522) ** 0.5) and memory_mb == 1024 + 4 * 381922 * 4 // 2**20
+    assert scaled_limits(lesson, bigger, time_limit_s=7, memory_limit_mb=99) == (7.0, 99)
+
+
+def test_a_timeout_the_reference_shares_is_the_limits_fault():
+    class Slow:
+        model_name = "gpt2"
+        reference_seconds = {"99.1": 12.0, "99.2": 0.1}
+
+    results = [lost_exercise("99.1", "Softmax", "softmax", 2, "timeout", "took over 20 s (an endless loop?)"),
+               lost_exercise("99.2", "Mask", "causal_mask", 1, "timeout", "took over 20 s (an endless loop?)")]
+    _blame_slow_limits(results, Slow(), 20)
+    assert "too tight for this model" in results[0].message and "raise --time-limit" in results[0].message
+    assert "too tight" not in results[1].message
+
+
+def test_a_grader_error_is_graded_once_more_before_it_is_reported(tmp_path, monkeypatch):
+    from minimech.grading import isolation
+    from minimech.grading.classroom import grade_submissions
+
+    lesson = get_lesson("99", ROOT)
+    for name in ("ann", "bob"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lesson.py").write_text(fill_solutions(lesson))
+    real, calls = isolation.run_isolated, []
+
+    def flaky(lesson, source, *args, **kwargs):  # the grader fails: once for ann, every time for bob
+        calls.append(source)
+        if b"# bob" in source or len([c for c in calls if c == source]) == 1:
+            raise RuntimeError("the grader's own failure")
+        return real(lesson, source, *args, **kwargs)
+
+    (tmp_path / "bob" / "lesson.py").write_text("# bob\n" + fill_solutions(lesson))
+    monkeypatch.setattr(isolation, "run_isolated", flaky)
+    grades = grade_submissions(lesson, tmp_path, jobs=1, seed=1)
+    assert grades.reports["ann"].score == 6  # graded again, and right the second time
+    assert all(e.status == "grader error" and "the grader's own failure" in e.message
+               for e in grades.reports["bob"].exercises)
+    assert len(calls) == 4  # twice each
