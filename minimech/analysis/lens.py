@@ -174,11 +174,16 @@ def final_points(model, tokens: torch.Tensor, batch_size: int | None = None, pro
     n = model.cfg.n_layers
     wanted = {f"blocks.{l}.hook_resid_pre" for l in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
     rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])
-    chunks = []
+    points = None  # filled in place: a list of chunks and their concatenation would hold everything twice
+    done = 0
     for part in tqdm(tokens.split(rows), desc="residual streams", disable=not progress, leave=False):
         _, cache = model.run_with_cache(part, names=lambda name: name in wanted, return_type=None)
-        chunks.append(cache.accumulated_resid().tensor.flatten(1, 2))  # [n_points, rows * pos, d_model]
-    return torch.cat(chunks, dim=1)
+        chunk = cache.accumulated_resid().tensor.flatten(1, 2)  # [n_points, rows * pos, d_model]
+        if points is None:
+            points = chunk.new_empty(chunk.shape[0], tokens.numel(), chunk.shape[-1])
+        points[:, done:done + chunk.shape[1]] = chunk
+        done += chunk.shape[1]
+    return points
 
 
 @torch.no_grad()
