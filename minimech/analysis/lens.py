@@ -156,7 +156,7 @@ def logit_lens(model, tokens, pos: int | None = -1, k: int = 5, ln: str = "recom
 # Memory bounds, so that GPT-2-sized models (d_vocab 50,257, n_ctx 1,024) run in a few GB: one chunk of lens log-probs
 # [n_points, positions, d_vocab] holds at most LOGITS_BYTES (a step keeps about four such tensors), and one forward
 # pass runs at most FORWARD_TOKENS tokens.
-LOGITS_BYTES = 256 * 2**20
+LOGITS_BYTES = 128 * 2**20
 FORWARD_TOKENS = 4096
 
 
