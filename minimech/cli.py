@@ -9,6 +9,7 @@
     minimech lens "PROMPT" --out lens.png          logit lens (--tuned: the tuned lens) as a table and a PNG
     minimech attention "PROMPT" --head L1H2        one head's attention pattern (PNG)
     minimech heads | patch | tuned-lens            head detector scores, IOI activation patching, retrain a lens
+    minimech sae train | eval | feature            sparse autoencoders: train, measure, a feature's dashboard
     minimech lessons | start 02 | check 02 | hint 02.3 | solution 02.3     the graded lessons (learners)
     minimech handout 02 | grade 02 DIR | autograder 02                     ... and for instructors
 
@@ -242,6 +243,11 @@ def cmd_train(args) -> int:
 from .cli_analysis import register as register_analysis_commands  # noqa: E402
 
 register_analysis_commands(command, arg, print_table, load_model, MODEL_HELP)
+
+# `minimech sae ...` (sparse autoencoders) lives in cli_sae.py.
+from .cli_sae import register as register_sae_commands  # noqa: E402
+
+register_sae_commands(command, arg, print_table, load_model)
 
 # The lesson commands (lessons, start, check, hint, solution, handout, grade, autograder) live with the grader.
 from .grading.cli_commands import register as register_lesson_commands  # noqa: E402

@@ -101,7 +101,7 @@ def generate(model, prompt, max_new_tokens: int = 20, temperature: float = 1.0, 
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
     steps = range(max_new_tokens)
     if verbose:
-        from tqdm.auto import tqdm
+        from .notebook import tqdm  # a widget in Jupyter, text elsewhere
 
         steps = tqdm(steps, desc="generate", unit="token")
 

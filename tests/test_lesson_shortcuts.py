@@ -30,7 +30,7 @@ SHORTCUTS = {
     "01": ("01.3", "import sys\n"
                    "lens = sys.modules['minimech.analysis.lens']\n"
                    "return lens.logit_lens(model, tokens, pos).log_probs"),
-    "02": ("02.4", "from minimech.analysis import composition_scores\n"
+    "02": ("02.5", "from minimech.analysis import composition_scores\n"
                    "return composition_scores(model, 'K')[sender_layer, :, receiver_layer]"),
     # lesson.py itself imports the toolkit's logit_diff as toolkit_logit_diff
     "03": ("03.1", "metrics = [toolkit_logit_diff(i, s, pos=int(p)) for i, s, p in zip(io_tokens, s_tokens, end_pos)]\n"

@@ -36,7 +36,7 @@ def ln_eps_on_std(x, w, b, eps=1e-5):
     return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w + b
 
 
-# ---- 00.2 attention -------------------------------------------------------------------------------------------------
+# ---- 00.2 attention_pattern and 00.3 attention -----------------------------------------------------------------------
 
 def _attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, hide, softmax_dim=-1, scale=True):
     q = torch.einsum("bpm,hme->bphe", x, W_Q) + b_Q
@@ -73,7 +73,46 @@ def attention_unscaled(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O):
     return _attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, hide=_future, scale=False)
 
 
-# ---- 00.3 mlp -------------------------------------------------------------------------------------------------------
+def _pattern(q, k, hide, softmax_dim=-1, scale=True, fill=float("-inf")):
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+    return scores.masked_fill(hide(q.shape[1]), fill).softmax(dim=softmax_dim)
+
+
+def pattern_mask_off_by_one(q, k):
+    return _pattern(q, k, hide=lambda p: _future(p, diagonal=2))
+
+
+def pattern_softmax_over_queries(q, k):
+    return _pattern(q, k, hide=_future, softmax_dim=-2)
+
+
+def pattern_unscaled(q, k):
+    return _pattern(q, k, hide=_future, scale=False)
+
+
+def pattern_masked_with_zero(q, k):
+    return _pattern(q, k, hide=_future, fill=0.0)
+
+
+def pattern_head_axis_third(q, k):  # [batch, q_pos, head, k_pos]: the einsum's output in the wrong order
+    return S.attention_pattern(q, k).transpose(1, 2)
+
+
+# ---- 00.4 gelu_new ------------------------------------------------------------------------------------------------
+
+def gelu_exact(x):
+    return F.gelu(x)  # the default is the exact erf GELU
+
+
+def gelu_square_term(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 2)))
+
+
+def gelu_no_root(x):
+    return 0.5 * x * (1 + torch.tanh(2 / math.pi * (x + 0.044715 * x ** 3)))
+
+
+# ---- 00.5 mlp -------------------------------------------------------------------------------------------------------
 
 def mlp_erf_gelu(x, W_in, b_in, W_out, b_out):
     return F.gelu(x @ W_in + b_in) @ W_out + b_out  # F.gelu's default is the exact erf GELU
@@ -83,7 +122,7 @@ def mlp_relu(x, W_in, b_in, W_out, b_out):
     return F.relu(x @ W_in + b_in) @ W_out + b_out
 
 
-# ---- 00.4 block -----------------------------------------------------------------------------------------------------
+# ---- 00.6 block -----------------------------------------------------------------------------------------------------
 
 def _attn(x, p):
     return S.attention(x, *(p["attn." + n] for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")))
@@ -117,7 +156,7 @@ def block_parallel(resid_pre, params):
     return resid_pre + attn_out + _mlp(S.layer_norm(resid_pre, p["ln2.w"], p["ln2.b"]), p)
 
 
-# ---- 00.5 gpt2_forward ----------------------------------------------------------------------------------------------
+# ---- 00.7 gpt2_forward ----------------------------------------------------------------------------------------------
 
 def _forward(tokens, params, pos_embed=True, ln_final=True, tied=False):
     resid = params["embed.W_E"][tokens]
@@ -144,7 +183,7 @@ def forward_tied_unembed(tokens, params):
     return _forward(tokens, params, tied=True)
 
 
-# ---- 00.6 load_hf_state_dict ----------------------------------------------------------------------------------------
+# ---- 00.8 load_hf_state_dict ----------------------------------------------------------------------------------------
 
 def load_transposing_conv1d(hf_sd, n_heads):
     """nanoGPT's habit (its nn.Linear wants [out, in]), applied where minimech's x @ W wants [in, out] as stored."""
@@ -182,21 +221,29 @@ BUGS = [
     Bug("00.1", ln_unbiased_variance, "unbiased"),
     Bug("00.1", ln_without_eps, "ignores eps"),
     Bug("00.1", ln_eps_on_std, "added eps to the standard deviation"),
-    Bug("00.2", attention_no_mask, "looks at future positions"),
-    Bug("00.2", attention_mask_off_by_one, "off by one"),
-    Bug("00.2", attention_mask_hides_diagonal, "hides the diagonal"),
-    Bug("00.2", attention_softmax_over_queries, "softmax runs over the query axis"),
-    Bug("00.2", attention_unscaled, "sqrt(d_head)"),
-    Bug("00.3", mlp_erf_gelu, "exact (erf) GELU"),
-    Bug("00.3", mlp_relu, "ReLU"),
-    Bug("00.4", block_post_ln, "post-LN"),
-    Bug("00.4", block_without_residual, "residual connection"),
-    Bug("00.4", block_parallel, "reads resid_pre"),
-    Bug("00.5", forward_without_pos_embed, "positional embeddings"),
-    Bug("00.5", forward_without_ln_final, "ln_final"),
-    Bug("00.5", forward_tied_unembed, "W_E.T"),
-    Bug("00.6", load_transposing_conv1d, "Conv1D weights are stored [in, out]"),
-    Bug("00.6", load_wrong_head_split, "splits the heads"),
-    Bug("00.6", load_lm_head_untransposed, "nn.Linear"),
-    Bug("00.6", load_unembed_from_wte, "lm_head.weight"),
+    Bug("00.2", pattern_mask_off_by_one, "off by one"),
+    Bug("00.2", pattern_softmax_over_queries, "softmax runs over the query axis"),
+    Bug("00.2", pattern_unscaled, "sqrt(d_head)"),
+    Bug("00.2", pattern_masked_with_zero, "-inf"),
+    Bug("00.2", pattern_head_axis_third, "head axis second"),
+    Bug("00.3", attention_no_mask, "looks at future positions"),
+    Bug("00.3", attention_mask_off_by_one, "off by one"),
+    Bug("00.3", attention_mask_hides_diagonal, "hides the diagonal"),
+    Bug("00.3", attention_softmax_over_queries, "softmax runs over the query axis"),
+    Bug("00.3", attention_unscaled, "sqrt(d_head)"),
+    Bug("00.4", gelu_exact, "exact (erf) GELU"),
+    Bug("00.4", gelu_square_term, "x^3"),
+    Bug("00.4", gelu_no_root, "sqrt(2/pi)"),
+    Bug("00.5", mlp_erf_gelu, "exact (erf) GELU"),
+    Bug("00.5", mlp_relu, "ReLU"),
+    Bug("00.6", block_post_ln, "post-LN"),
+    Bug("00.6", block_without_residual, "residual connection"),
+    Bug("00.6", block_parallel, "reads resid_pre"),
+    Bug("00.7", forward_without_pos_embed, "positional embeddings"),
+    Bug("00.7", forward_without_ln_final, "ln_final"),
+    Bug("00.7", forward_tied_unembed, "W_E.T"),
+    Bug("00.8", load_transposing_conv1d, "Conv1D weights are stored [in, out]"),
+    Bug("00.8", load_wrong_head_split, "splits the heads"),
+    Bug("00.8", load_lm_head_untransposed, "nn.Linear"),
+    Bug("00.8", load_unembed_from_wte, "lm_head.weight"),
 ]

@@ -136,8 +136,17 @@ def _attn(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, mask="causal", softmax_dim=
     q = torch.einsum("bpm,hme->bphe", x, W_Q) + on * b_Q.double()  # [batch, pos, head, d_head]
     k = torch.einsum("bpm,hme->bphe", x, W_K) + on * b_K.double()
     v = torch.einsum("bpm,hme->bphe", x, W_V) + on * b_V.double()
+    pattern = _pattern(q, k, mask, softmax_dim, scale, d_model=x.shape[-1])
+    z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # [batch, pos, head, d_head]
+    return torch.einsum("bqhe,hem->bqm", z, W_O) + on * b_O.double()
+
+
+def _pattern(q, k, mask="causal", softmax_dim=-1, scale="sqrt", d_model=None):
+    """[batch, head, q_pos, k_pos] from q, k [batch, pos, head, d_head], in float64, with a classic mistake's switch."""
+    q, k = q.double(), k.double()
     d_head, pos = q.shape[-1], q.shape[1]
-    factor = {"sqrt": 1 / math.sqrt(d_head), "none": 1.0, "d_head": 1 / d_head, "d_model": 1 / math.sqrt(x.shape[-1])}
+    factor = {"sqrt": 1 / math.sqrt(d_head), "none": 1.0, "d_head": 1 / d_head,
+              "d_model": 1 / math.sqrt(d_model or d_head)}
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * factor[scale]  # [batch, head, q_pos, k_pos]
     q_i, k_i = torch.arange(pos)[:, None], torch.arange(pos)[None, :]
     hidden = {"causal": k_i > q_i, "none": k_i < -1, "shift": k_i > q_i + 1, "strict": k_i >= q_i,
@@ -148,12 +157,15 @@ def _attn(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, mask="causal", softmax_dim=
         pattern = scores.softmax(softmax_dim).masked_fill(hidden, 0.0)
     else:
         pattern = scores.masked_fill(hidden, float("-inf")).softmax(softmax_dim)
-    z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # [batch, pos, head, d_head]
-    return torch.einsum("bqhe,hem->bqm", z, W_O) + on * b_O.double()
+    return pattern
 
 
 GELUS = {"tanh": lambda x: F.gelu(x, approximate="tanh"), "erf": F.gelu, "relu": F.relu,
-         "sigmoid": lambda x: x * torch.sigmoid(1.702 * x), "none": lambda x: x}
+         "sigmoid": lambda x: x * torch.sigmoid(1.702 * x), "none": lambda x: x,
+         "square": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 2))),
+         "no_half": lambda x: x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+         "no_root": lambda x: 0.5 * x * (1 + torch.tanh(2 / math.pi * (x + 0.044715 * x ** 3))),
+         "no_x": lambda x: 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))}
 
 
 def _mlp(x, W_in, b_in, W_out, b_out, act="tanh", b_in_on=1.0, b_out_on=1.0):
@@ -236,7 +248,75 @@ def ln_compare(got, want, case) -> str | None:
     return _diagnose(got, want, variants, 1e-5, 1e-4, "layer_norm's output")
 
 
-# ---- 00.2 attention -------------------------------------------------------------------------------------------------
+# ---- 00.2 the attention pattern -------------------------------------------------------------------------------------
+
+def pattern_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 12), []
+    model = ctx.model()
+    layer = _int(gen, 0, model.cfg.n_layers - 1)
+    cache = _cache(model, _prompt(model, gen))
+    q, k = cache[f"blocks.{layer}.attn.hook_q"], cache[f"blocks.{layer}.attn.hook_k"]
+    cases.append(Case(dict(q=q.clone(), k=k.clone()),
+                      weight=2.0, label=f"{_name(model)} layer {layer}'s q and k on a prompt"))
+    for batch, pos, heads, d_head in [(2, 7, 3, 5), (1, 12, 1, 8), (3, 1, 2, 4)]:
+        q = torch.randn(batch, pos, heads, d_head, generator=gen) * 1.5
+        k = torch.randn(batch, pos, heads, d_head, generator=gen) * 1.5
+        cases.append(Case(dict(q=q, k=k), label=f"random q, k [{batch}, {pos}, {heads}, {d_head}]"))
+    return cases
+
+
+def pattern_reference(q, k):
+    """torch's own attention with the identity as values returns the pattern itself: softmax(...) @ I."""
+    batch, pos, heads, _ = q.shape
+    eye = torch.eye(pos, dtype=torch.float64).expand(batch, heads, pos, pos)
+    return F.scaled_dot_product_attention(q.double().transpose(1, 2), k.double().transpose(1, 2), eye,
+                                          is_causal=True).float()
+
+
+def pattern_compare(got, want, case) -> str | None:
+    q, k = case.args["q"], case.args["k"]
+    shape = expect_shape(got, tuple(want.shape), "the pattern [batch, head, q_pos, k_pos]")
+    if shape:
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (q.shape[0], q.shape[1], q.shape[2], q.shape[1]):
+            return (f"your pattern has shape {list(got.shape)}, [batch, q_pos, head, k_pos]: put the head axis second, "
+                    "torch.einsum('bqhe,bkhe->bhqk', q, k)")
+        return shape
+    if isinstance(got, torch.Tensor) and got.shape[-1] > 1:
+        nan_rows = torch.isnan(got).any(-1).any(0).any(0)  # [q_pos]
+        if nan_rows[0] and not nan_rows[1:].all():
+            return ("your pattern is NaN at query 0 only: your mask hides the diagonal too, so query 0 sees nothing. "
+                    "A position attends to itself and the past: keys 0..q are allowed")
+    v = lambda **kw: (lambda: _pattern(q, k, **kw))
+    variants = [
+        (v(mask="none"), "your pattern looks at future positions (no causal mask): query q may only see keys 0..q"),
+        (v(mask="shift"), "your pattern lets each query see one future key: the causal mask is off by one (hide "
+                          "torch.triu(..., diagonal=1), the keys after the query)"),
+        (v(mask="strict"), "your mask hides the diagonal: a position must attend to itself"),
+        (v(mask="upper"), "your mask hides the past and shows the future: it is transposed"),
+        (v(softmax_dim=-2), "your softmax runs over the query axis: normalise over the keys (the last axis) so that "
+                            "each query's row sums to 1"),
+        (v(scale="none"), "your scores are not scaled: divide q . k by sqrt(d_head) before the softmax"),
+        (v(scale="d_head"), "you divided the scores by d_head: divide by sqrt(d_head)"),
+        (v(mask="zero"), "you set the masked scores to 0: set them to -inf so that they get zero attention"),
+        (v(mask="after"), "you zeroed the future after the softmax without renormalising: mask the scores with "
+                          "-inf before the softmax"),
+    ]
+    found = _diagnose(got, want, variants, 1e-5, 1e-4, "your pattern")
+    if found and not any(text in found for _, text in variants) and got.is_floating_point():
+        rows = got.double().sum(-1)  # [batch, head, q_pos]
+        if not torch.isnan(rows).any() and (rows - 1).abs().max() > 1e-3:
+            return (f"your pattern's rows sum to {_show_values(rows)}, not 1: mask the future keys with -inf, then "
+                    f"softmax over the keys (dim=-1). ({found})")
+    return found
+
+
+def _show_values(t, k: int = 3) -> str:
+    values = [round(v, 4) for v in t.flatten()[:k].tolist()]
+    return f"{values}{' ...' if t.numel() > k else ''}"
+
+
+
+# ---- 00.3 attention -------------------------------------------------------------------------------------------------
 
 ATTN_ARGS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 
@@ -302,7 +382,39 @@ def attn_compare(got, want, case) -> str | None:
     return _diagnose(got, want, variants, 2e-5, 1e-4, "attention's output")
 
 
-# ---- 00.3 MLP -------------------------------------------------------------------------------------------------------
+# ---- 00.4 GELU -----------------------------------------------------------------------------------------------------
+
+def gelu_cases(ctx) -> list[Case]:
+    gen = _gen(ctx, 13)
+    return [Case(dict(x=torch.linspace(-6, 6, 241)), weight=2.0, label="x = 241 points on [-6, 6]"),
+            Case(dict(x=3 * torch.randn(2, 3, 7, generator=gen)), label="random x [2, 3, 7]"),
+            Case(dict(x=torch.tensor([[-20.0, -3.0, 0.0], [0.5, 3.0, 20.0]])), label="x with large |x| [2, 3]")]
+
+
+def gelu_reference(x):
+    return F.gelu(x.double(), approximate="tanh").float()
+
+
+def gelu_compare(got, want, case) -> str | None:
+    x = case.args["x"].double()
+    shape = expect_shape(got, tuple(want.shape), "gelu_new's output (the same shape as x)")
+    if shape:
+        return shape
+    variants = [
+        (lambda: GELUS["erf"](x), "this is the exact (erf) GELU, x * Phi(x), which F.gelu computes by default; GPT-2 "
+                                  "uses the tanh approximation: write the formula, or F.gelu(x, approximate='tanh')"),
+        (lambda: GELUS["sigmoid"](x), "this is the sigmoid approximation x * sigmoid(1.702 x); GPT-2 uses the tanh "
+                                      "one"),
+        (lambda: GELUS["relu"](x), "this is ReLU; GELU is smooth and slightly negative for negative x"),
+        (lambda: GELUS["square"](x), "the cubic term is 0.044715 x^3, not x^2"),
+        (lambda: GELUS["no_half"](x), "the factor 1/2 is missing: 0.5 x (1 + tanh(...))"),
+        (lambda: GELUS["no_root"](x), "the factor inside tanh is sqrt(2/pi), not 2/pi"),
+        (lambda: GELUS["no_x"](x), "you left out the leading x: 0.5 * x * (1 + tanh(...))"),
+    ]
+    return _diagnose(got, want, variants, 1e-6, 1e-5, "gelu_new's output")
+
+
+# ---- 00.5 MLP -------------------------------------------------------------------------------------------------------
 
 MLP_ARGS = ("W_in", "b_in", "W_out", "b_out")
 
@@ -356,7 +468,7 @@ def mlp_compare(got, want, case) -> str | None:
     return _diagnose(got, want, variants, 1e-5, 1e-4, "mlp's output")
 
 
-# ---- 00.4 block -----------------------------------------------------------------------------------------------------
+# ---- 00.6 block -----------------------------------------------------------------------------------------------------
 
 def block_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 4), []
@@ -404,7 +516,7 @@ def block_compare(got, want, case) -> str | None:
     return _diagnose(got, want, variants, 1e-4, 1e-4, "block's output (resid_post)")
 
 
-# ---- 00.5 the forward pass ------------------------------------------------------------------------------------------
+# ---- 00.7 the forward pass ------------------------------------------------------------------------------------------
 
 def forward_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 5), []
@@ -448,7 +560,7 @@ def forward_compare(got, want, case) -> str | None:
     return shape or _diagnose(got, want, variants, 1e-4, 1e-4, "gpt2_forward's logits")
 
 
-# ---- 00.6 loading Hugging Face weights ------------------------------------------------------------------------------
+# ---- 00.8 loading Hugging Face weights ------------------------------------------------------------------------------
 
 def _to_hf(params: dict, n_heads: int, prefix: str = "transformer.", lm_head: bool = True) -> dict:
     """minimech names -> a Hugging Face GPT-2 state dict (Conv1D [in, out] weights, fused c_attn)."""
@@ -590,17 +702,22 @@ EXERCISES = [
     Exercise(id="00.1", function="layer_norm", title="LayerNorm", cases=ln_cases, reference=ln_reference,
              compare=ln_compare,
              library=("torch.nn.functional.layer_norm", "torch.layer_norm", "torch.native_layer_norm")),
-    Exercise(id="00.2", function="attention", title="Causal self-attention", cases=attn_cases,
-             reference=attn_reference, compare=attn_compare,
+    Exercise(id="00.2", function="attention_pattern", title="The attention pattern", cases=pattern_cases,
+             reference=pattern_reference, compare=pattern_compare,
+             library=("torch.nn.functional.scaled_dot_product_attention",)),
+    Exercise(id="00.3", function="attention", title="Causal self-attention", cases=attn_cases,
+             reference=attn_reference, compare=attn_compare, uses=("00.2",),
              library=("torch.nn.functional.scaled_dot_product_attention",
                       "torch.nn.functional.multi_head_attention_forward")),
-    Exercise(id="00.3", function="mlp", title="The MLP and GPT-2's GELU", cases=mlp_cases, reference=mlp_reference,
-             compare=mlp_compare),
-    Exercise(id="00.4", function="block", title="A transformer block", cases=block_cases, reference=block_reference,
-             compare=block_compare),
-    Exercise(id="00.5", function="gpt2_forward", title="The whole forward pass", cases=forward_cases,
-             reference=forward_reference, compare=forward_compare),
-    Exercise(id="00.6", function="load_hf_state_dict", title="Loading GPT-2's weights", cases=load_cases,
+    Exercise(id="00.4", function="gelu_new", title="GPT-2's GELU", cases=gelu_cases, reference=gelu_reference,
+             compare=gelu_compare),
+    Exercise(id="00.5", function="mlp", title="The MLP", cases=mlp_cases, reference=mlp_reference,
+             compare=mlp_compare, uses=("00.4",)),
+    Exercise(id="00.6", function="block", title="A transformer block", cases=block_cases, reference=block_reference,
+             compare=block_compare, uses=("00.1", "00.3", "00.5")),
+    Exercise(id="00.7", function="gpt2_forward", title="The whole forward pass", cases=forward_cases,
+             reference=forward_reference, compare=forward_compare, uses=("00.1", "00.6")),
+    Exercise(id="00.8", function="load_hf_state_dict", title="Loading GPT-2's weights", cases=load_cases,
              reference=load_reference, compare=load_compare,
              library=("minimech.loading.hf_to_minimech",)),
 ]

@@ -13,21 +13,27 @@
 # **Dimension names** (used in every shape comment): `batch`, `pos`, `head`, `d_head`, `d_model`, `d_mlp`,
 # `d_vocab`. Weights are stored the way the maths reads: `x @ W`, so `W_in` is `[d_model, d_mlp]`.
 #
-# **Working on it**: `minimech start 00` copies this file into your workspace; `minimech check 00` grades your
-# functions; `minimech hint 00.2` gives one hint at a time. Run the file (`python lesson.py`, or `--model gpt2` when
-# you have GPT-2's weights) to see each piece at work; cells whose exercise is not written yet are skipped.
+# **Working on it**: `minimech start 00` copies this file into your workspace (`--notebook` makes it a Jupyter
+# notebook); `minimech check 00` grades your functions; `minimech hint 00.2` gives one hint at a time. Run the file
+# (`python lesson.py`, or `--model gpt2` when you have GPT-2's weights) to see each piece at work; cells whose
+# exercise is not written yet are skipped. Before a measurement the lesson asks you to write down a prediction
+# (`prediction_1 = ...`): the checks record that you made one, never whether it was right.
 
 # %%
 import argparse
-import math
 from contextlib import contextmanager
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 import minimech
+from minimech import plot
+from minimech.notebook import show
 
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "mini-4l"
+OUT = Path("minimech-out")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
@@ -45,6 +51,8 @@ def demo(what: str):
         yield
     except NotImplementedError as e:
         print(f"   skipped: {e}")
+    except NameError as e:  # a result an earlier, skipped cell would have made
+        print(f"   skipped: {e} (an earlier cell was skipped)")
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -92,23 +100,67 @@ if MAIN:
         print(f"   max |yours - minimech's| = {max_diff(mine, cache['blocks.0.ln1.hook_normalized']):.2e}")
 
 # %% [markdown]
-# ## Exercise 00.2: Causal self-attention
+# ## Exercise 00.2: The attention pattern
 #
-# > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 25 minutes
+# > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 15 minutes
 #
 # Each head `h` reads the (normalised) stream `x` three ways: queries `q = x @ W_Q[h] + b_Q[h]`, keys `k` and
-# values `v` alike, each `[batch, pos, d_head]`. Query position `i` scores key position `j` by
+# values `v` alike, each `[batch, pos, d_head]` per head. Query position `i` scores key position `j` by
 # `q_i · k_j / sqrt(d_head)`; the scaling keeps the scores' spread independent of `d_head`. The model predicts the
 # next token, so position `i` must not see positions after it: scores with `j > i` are set to `-inf` before a softmax
-# over `j`. The result, the **attention pattern** `[batch, head, q_pos, k_pos]`, has rows that sum to 1. Each head
-# then mixes the values, `z_i = Σ_j pattern_ij v_j`, and writes `z @ W_O[h]` back to the stream. The heads' writes
-# add up, plus one bias `b_O`:
+# over `j`. The result, the **attention pattern** `[batch, head, q_pos, k_pos]`, has rows that sum to 1: row `i`
+# says how much query `i` reads from each key.
+#
+# `torch.einsum` keeps the head axis readable: `torch.einsum("bqhe,bkhe->bhqk", q, k)` is every head's scores.
+#
+# `attention_pattern(q, k)`: `q`, `k` `[batch, pos, head, d_head]` → `[batch, head, q_pos, k_pos]`.
+
+# %%
+def attention_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q, k: [batch, pos, head, d_head] -> pattern [batch, head, q_pos, k_pos], causal, rows summing to 1."""
+    # EXERCISE 00.2
+    raise NotImplementedError("EXERCISE 00.2: scaled scores q.k / sqrt(d_head), future keys -inf, softmax over keys")
+
+
+# %% [markdown]
+# Before you look at a real pattern: in the first layer of a trained model, on an ordinary sentence, where do you
+# expect a head to look? (Every query can see the first token, `<|endoftext|>`, and itself.)
+
+# %%
+prediction_1 = None  # your guess: where layer 0's heads put most of their attention, e.g. "on the previous token"
+
+# %%
+if MAIN:
+    with demo("00.2 attention_pattern against block 0's hook_pattern"):
+        q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]  # [1, pos, head, d_head]
+        mine = attention_pattern(q, k)  # [1, head, q_pos, k_pos]
+        print(f"   max |yours - minimech's pattern| = {max_diff(mine, cache['blocks.0.attn.hook_pattern']):.2e}")
+        str_tokens = [repr(t)[1:-1] for t in model.to_str_tokens(tokens[0])]
+        show(plot.attention(mine[0, 0], str_tokens, OUT / "00_pattern_L0H0.png", title="your pattern, layer 0 head 0"))
+        to_first = mine[0, :, 1:, 0].mean(-1)  # [head]: mean attention on <|endoftext|> (queries after it)
+        to_self = mine[0].diagonal(dim1=-2, dim2=-1)[:, 1:].mean(-1)  # [head]
+        to_previous = mine[0].diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)  # [head]
+        for head in range(model.cfg.n_heads):
+            print(f"   L0H{head}: on <|endoftext|> {to_first[head]:.2f}, on itself {to_self[head]:.2f}, "
+                  f"on the previous token {to_previous[head]:.2f}")
+
+# %% [markdown]
+# Compare with your prediction. Heads often park attention on the first token when nothing else is useful to them
+# (it is visible to every query and carries no information of its own); others look at the current or the previous
+# token. Lesson 02 turns "where does a head look" into a score and finds heads by it.
+
+# %% [markdown]
+# ## Exercise 00.3: Causal self-attention
+#
+# > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 15 minutes
+#
+# With the pattern in hand, each head mixes the values, `z_i = Σ_j pattern_ij v_j`, and writes `z @ W_O[h]` back
+# to the stream. The heads' writes add up, plus one bias `b_O`:
 #
 # $$\mathrm{attn}(x) = \sum_h \mathrm{softmax}\Big(\frac{q^h {k^h}^\top}{\sqrt{d_{head}}} + \text{mask}\Big)\, v^h\,
 # W_O^h + b_O$$
 #
-# `torch.einsum` keeps the head axis readable: `torch.einsum("bpm,hme->bphe", x, W_Q)`. Writing the pattern as its
-# own helper function pays off in later lessons.
+# Call your `attention_pattern`: `torch.einsum("bpm,hme->bphe", x, W_Q)` gives `q` for every head at once.
 #
 # `attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O)`: `x` `[batch, pos, d_model]`; `W_Q`, `W_K`, `W_V`
 # `[head, d_model, d_head]`; `W_O` `[head, d_head, d_model]`; `b_Q`, `b_K`, `b_V` `[head, d_head]`; `b_O`
@@ -117,36 +169,87 @@ if MAIN:
 # %%
 def attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O) -> torch.Tensor:
     """x: [batch, pos, d_model] -> attn_out [batch, pos, d_model], summed over heads plus b_O."""
-    # EXERCISE 00.2
-    raise NotImplementedError("EXERCISE 00.2: causal multi-head self-attention, summed over heads, plus b_O")
+    # EXERCISE 00.3
+    raise NotImplementedError("EXERCISE 00.3: q, k, v per head, your attention_pattern, mix the values, W_O, + b_O")
 
+
+# %% [markdown]
+# Causality, seen from outside: if you change the input at the last position, by how much should the outputs at
+# the earlier positions move?
+
+# %%
+prediction_2 = None  # your guess: the largest change at an earlier position, e.g. 0.1
 
 # %%
 if MAIN:
-    with demo("00.2 attention against block 0's attention"):
+    with demo("00.3 attention against block 0's attention"):
         attn = model.blocks[0].attn
         mine = attention(cache["blocks.0.ln1.hook_normalized"], attn.W_Q, attn.W_K, attn.W_V, attn.W_O,
                          attn.b_Q, attn.b_K, attn.b_V, attn.b_O)  # [1, pos, d_model]
         print(f"   max |yours - minimech's attn_out| = {max_diff(mine, cache['blocks.0.hook_attn_out']):.2e}")
-        # Causality, seen from outside: changing the last token must not change any earlier position's output.
         x = cache["blocks.0.ln1.hook_normalized"].clone()
         x[:, -1] = torch.randn(x.shape[-1])
         changed = attention(x, attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O)
         moved = max_diff(changed[:, :-1], mine[:, :-1])
-        print(f"   after changing the last position, earlier outputs moved by {moved:.1e} (0 for a causal model)")
+        print(f"   after changing the last position, earlier outputs moved by {moved:.1e}; "
+              f"the last position's by {max_diff(changed[:, -1], mine[:, -1]):.1e}")
 
 # %% [markdown]
-# ## Exercise 00.3: The MLP, with GPT-2's GELU
+# Zero (exactly, or at float rounding): the mask hides every later key from every query, so nothing later can reach
+# an earlier position. That is what lets a model be trained on every position of a sequence at once.
+
+# %% [markdown]
+# ## Exercise 00.4: GPT-2's GELU
 #
-# > **Difficulty** ★☆☆ · **Importance** ★★★☆☆ · about 10 minutes
+# > **Difficulty** ★☆☆ · **Importance** ★★★☆☆ · about 5 minutes
 #
-# The MLP acts on each position separately: `GELU(x @ W_in + b_in) @ W_out + b_out`, with `d_mlp` (4 × `d_model` in
-# GPT-2) neurons in between. GPT-2 was trained with the tanh approximation of GELU,
+# The MLP's non-linearity is GELU, x Φ(x) with Φ the standard normal CDF. GPT-2 was trained with a tanh
+# approximation of it, and its weights expect exactly that approximation:
 #
-# $$\mathrm{GELU}(x) \approx \tfrac12\, x\,\Big(1 + \tanh\big(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\big)\Big),$$
+# $$\mathrm{GELU}(x) \approx \tfrac12\, x\,\Big(1 + \tanh\big(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\big)\Big)$$
 #
-# not the exact `x Φ(x)` that `torch.nn.functional.gelu` computes by default. The two differ by up to 5e-4 per
-# activation: small, but far above float32 rounding, so the checks tell them apart.
+# `torch.nn.functional.gelu` computes the exact x Φ(x) by default. Write the approximation from the formula.
+#
+# `gelu_new(x)`: any shape → the same shape.
+
+# %%
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh approximation of GELU, elementwise."""
+    # EXERCISE 00.4
+    raise NotImplementedError("EXERCISE 00.4: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+
+
+# %% [markdown]
+# How far is the approximation from the exact GELU? Float32 rounds at about 1e-7 near 1; a difference far above that
+# would change a model's outputs visibly.
+
+# %%
+prediction_3 = None  # your guess: the largest |gelu_new(x) - exact GELU(x)| for x in [-6, 6], e.g. 1e-2
+
+# %%
+if MAIN:
+    with demo("00.4 gelu_new against the exact GELU"):
+        grid = torch.linspace(-6, 6, 2001)
+        gap = (gelu_new(grid) - torch.nn.functional.gelu(grid)).abs()
+        print(f"   max |tanh GELU - exact GELU| on [-6, 6] = {gap.max():.1e}, at x = {grid[gap.argmax()]:.2f}")
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(grid.numpy(), (gelu_new(grid) - torch.nn.functional.gelu(grid)).numpy())
+        ax.set(xlabel="x", ylabel="tanh GELU - exact GELU", title="GPT-2's GELU minus the exact one")
+        fig.tight_layout()
+        show(fig, OUT / "00_gelu_difference.png")
+
+# %% [markdown]
+# A few times 1e-4 at most: small, but thousands of times float32's rounding, and it passes through every MLP of
+# every layer, so a model run with the exact GELU is not quite the model that was trained; a check at 1e-5 tells the
+# two apart. The approximation is part of the model.
+
+# %% [markdown]
+# ## Exercise 00.5: The MLP
+#
+# > **Difficulty** ★☆☆ · **Importance** ★★★☆☆ · about 5 minutes
+#
+# The MLP acts on each position separately: `gelu_new(x @ W_in + b_in) @ W_out + b_out`, with `d_mlp` (4 ×
+# `d_model` in GPT-2) neurons in between. Use your `gelu_new`.
 #
 # `mlp(x, W_in, b_in, W_out, b_out)`: `x` `[batch, pos, d_model]`, `W_in` `[d_model, d_mlp]`, `b_in` `[d_mlp]`,
 # `W_out` `[d_mlp, d_model]`, `b_out` `[d_model]` → `[batch, pos, d_model]`.
@@ -154,19 +257,19 @@ if MAIN:
 # %%
 def mlp(x, W_in, b_in, W_out, b_out) -> torch.Tensor:
     """x: [batch, pos, d_model] -> [batch, pos, d_model]."""
-    # EXERCISE 00.3
-    raise NotImplementedError("EXERCISE 00.3: x @ W_in + b_in, GPT-2's tanh GELU, then @ W_out + b_out")
+    # EXERCISE 00.5
+    raise NotImplementedError("EXERCISE 00.5: x @ W_in + b_in, your gelu_new, then @ W_out + b_out")
 
 
 # %%
 if MAIN and not model.cfg.attn_only:
-    with demo("00.3 mlp against block 0's MLP"):
+    with demo("00.5 mlp against block 0's MLP"):
         m = model.blocks[0].mlp
         mine = mlp(cache["blocks.0.ln2.hook_normalized"], m.W_in, m.b_in, m.W_out, m.b_out)  # [1, pos, d_model]
         print(f"   max |yours - minimech's mlp_out| = {max_diff(mine, cache['blocks.0.hook_mlp_out']):.2e}")
 
 # %% [markdown]
-# ## Exercise 00.4: A block
+# ## Exercise 00.6: A block
 #
 # > **Difficulty** ★☆☆ · **Importance** ★★★★☆ · about 10 minutes
 #
@@ -188,8 +291,8 @@ if MAIN and not model.cfg.attn_only:
 # %%
 def block(resid_pre: torch.Tensor, params: dict) -> torch.Tensor:
     """resid_pre: [batch, pos, d_model]; params: one block's tensors -> resid_post [batch, pos, d_model]."""
-    # EXERCISE 00.4
-    raise NotImplementedError("EXERCISE 00.4: resid_mid = resid_pre + attention(ln1(...)); then the MLP likewise")
+    # EXERCISE 00.6
+    raise NotImplementedError("EXERCISE 00.6: resid_mid = resid_pre + attention(ln1(...)); then the MLP likewise")
 
 
 # %%
@@ -200,14 +303,42 @@ def block_params(params: dict, layer: int) -> dict:
 
 
 if MAIN:
-    with demo("00.4 block against every block of the model"):
+    with demo("00.6 block against every block of the model"):
         for layer in range(model.cfg.n_layers):
             mine = block(cache[f"blocks.{layer}.hook_resid_pre"], block_params(params, layer))
             print(f"   block {layer}: max |yours - resid_post| = "
                   f"{max_diff(mine, cache[f'blocks.{layer}.hook_resid_post']):.2e}")
 
 # %% [markdown]
-# ## Exercise 00.5: The whole forward pass
+# Every block adds to the stream and nothing normalises the stream itself (only the copies the sublayers read). So
+# what happens to the stream's size as it goes through the blocks?
+
+# %%
+prediction_4 = None  # your guess: how the residual stream's norm changes from the embeddings to the last block
+
+# %%
+if MAIN:
+    with demo("00.6 the residual stream's norm, block by block (your blocks)"):
+        resid = cache["blocks.0.hook_resid_pre"]  # [1, pos, d_model]: the embeddings
+        norms = [resid[0, 1:].norm(dim=-1).mean().item()]  # position 0 (<|endoftext|>) left out: it is an outlier
+        for layer in range(model.cfg.n_layers):
+            resid = block(resid, block_params(params, layer))
+            norms.append(resid[0, 1:].norm(dim=-1).mean().item())
+        print("   mean norm per position: " + ", ".join(f"{v:.1f}" for v in norms))
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(range(len(norms)), norms, marker="o")
+        ax.set(xlabel="blocks applied", ylabel="mean ||resid||", title=f"{args.model}: the residual stream's norm",
+               xticks=range(len(norms)))
+        fig.tight_layout()
+        show(fig, OUT / "00_residual_norm.png")
+
+# %% [markdown]
+# The stream only accumulates: each block adds a vector, and the norm tends to grow with depth (run the cell with
+# `--model gpt2` to see GPT-2 small's twelve blocks). A sublayer reads a LayerNorm'd copy, so it sees the stream's
+# direction, never its size: for a late write to matter, it must be large compared with what is already there.
+
+# %% [markdown]
+# ## Exercise 00.7: The whole forward pass
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 15 minutes
 #
@@ -217,16 +348,17 @@ if MAIN:
 #
 # `params` uses minimech's names: `"embed.W_E"` `[d_vocab, d_model]`, `"pos_embed.W_pos"` `[n_ctx, d_model]`,
 # `"blocks.{l}...."`, `"ln_final.w"`, `"ln_final.b"`, `"unembed.W_U"` `[d_model, d_vocab]`, `"unembed.b_U"`
-# `[d_vocab]` (zeros in GPT-2). Count the layers from the keys. GPT-2 ties `W_U` to `W_E.T`; the shipped models do
-# not, so use `W_U`. `block_params` above slices one block out.
+# `[d_vocab]` (zeros in GPT-2). Count the layers from the keys. GPT-2 *ties* the unembedding to the embedding
+# (`W_U` is `W_E.T`, one matrix used twice); other models train a separate `W_U`, so always read `"unembed.W_U"`:
+# it is right either way. `block_params` above slices one block out.
 #
 # `gpt2_forward(tokens, params)`: `tokens` `[batch, pos]` (integer ids) → logits `[batch, pos, d_vocab]`.
 
 # %%
 def gpt2_forward(tokens: torch.Tensor, params: dict) -> torch.Tensor:
     """tokens: [batch, pos] -> logits [batch, pos, d_vocab]."""
-    # EXERCISE 00.5
-    raise NotImplementedError("EXERCISE 00.5: embed + pos_embed, every block, ln_final, then unembed")
+    # EXERCISE 00.7
+    raise NotImplementedError("EXERCISE 00.7: embed + pos_embed, every block, ln_final, then unembed")
 
 
 # %%
@@ -238,15 +370,32 @@ def greedy(forward, params: dict, tokens: torch.Tensor, n: int) -> torch.Tensor:
     return tokens
 
 
+# %% [markdown]
+# Two questions before running your forward pass on the model: does this model tie `W_U` to `W_E.T`, as GPT-2
+# does? And what will it predict after the prompt "When Mary and John went to the store, John gave a drink to"?
+
+# %%
+prediction_5 = None  # your guess: does the loaded model tie W_U to W_E.T? (True / False)
+prediction_6 = None  # your guess: the model's most likely next token after the prompt, e.g. " John"
+
+# %%
 if MAIN:
-    with demo("00.5 gpt2_forward against the model's logits"):
+    tied = torch.equal(params["unembed.W_U"], params["embed.W_E"].T)
+    print(f"\n== {args.model}: W_U {'IS' if tied else 'is NOT'} W_E.T (tied: {tied})")
+    with demo("00.7 gpt2_forward against the model's logits"):
         mine = gpt2_forward(tokens, params)  # [1, pos, d_vocab]
         print(f"   max |yours - minimech's logits| = {max_diff(mine, logits):.2e}")
-        print(f"   top next token: {model.to_string(mine[0, -1].argmax().reshape(1))!r}")
+        top = mine[0, -1].softmax(-1).topk(3)
+        print("   after the prompt: " + ", ".join(f"{model.to_string(i.reshape(1))!r} {p:.2f}"
+                                                   for p, i in zip(top.values, top.indices)))
         print(f"   greedy: {model.to_string(greedy(gpt2_forward, params, model.to_tokens('Germany is'), 6)[0])!r}")
 
 # %% [markdown]
-# ## Exercise 00.6: Loading GPT-2's weights
+# The prompt is lesson 03's indirect-object task: a model that has learned it names the person who was *not* the
+# subject of the last clause (" Mary"). Your six functions, run on the model's weights, make that prediction.
+
+# %% [markdown]
+# ## Exercise 00.8: Loading GPT-2's weights
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★☆☆ · about 20 minutes
 #
@@ -280,8 +429,8 @@ if MAIN:
 # %%
 def load_hf_state_dict(hf_sd: dict, n_heads: int) -> dict:
     """Hugging Face GPT-2 names and layouts -> minimech's names and layouts (see the table above)."""
-    # EXERCISE 00.6
-    raise NotImplementedError("EXERCISE 00.6: rename, split c_attn into per-head W_Q/W_K/W_V, transpose lm_head")
+    # EXERCISE 00.8
+    raise NotImplementedError("EXERCISE 00.8: rename, split c_attn into per-head W_Q/W_K/W_V, transpose lm_head")
 
 
 # %%
@@ -302,7 +451,7 @@ def random_hf_state_dict(n_layers=2, n_heads=3, d_model=12, d_mlp=20, n_ctx=16, 
 
 
 if MAIN:
-    with demo("00.6 load_hf_state_dict: a random GPT-2 in Hugging Face's layout"):
+    with demo("00.8 load_hf_state_dict: a random GPT-2 in Hugging Face's layout"):
         from minimech.loading import hf_to_minimech  # minimech's own converter, to compare with (tests/test_loading.py
         #                                              holds it to Hugging Face's GPT2LMHeadModel)
         hf_sd = random_hf_state_dict()
@@ -354,6 +503,6 @@ if MAIN:
 # %% [markdown]
 # ## What you built
 #
-# Every number GPT-2 computes passed through your six functions. Two facts to carry into the next lessons: the
+# Every number GPT-2 computes passed through your functions. Two facts to carry into the next lessons: the
 # residual stream is a sum (each block only adds to it), and each attention head is a separate term of that sum,
 # with its own `W_Q`, `W_K`, `W_V`, `W_O`. Lesson 01 takes the stream apart along exactly those terms.

@@ -31,13 +31,14 @@ def attention(x, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O) -> torch.Tensor:
     return torch.einsum("bqhe,hem->bqm", z, W_O) + b_O  # sum over heads of each head's write
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh approximation of GELU, elementwise."""
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
 def mlp(x, W_in, b_in, W_out, b_out) -> torch.Tensor:
     """x: [batch, pos, d_model]; W_in: [d_model, d_mlp]; b_in: [d_mlp]; W_out: [d_mlp, d_model]; b_out: [d_model]."""
-    post = gelu_tanh(x @ W_in + b_in)  # [batch, pos, d_mlp]
+    post = gelu_new(x @ W_in + b_in)  # [batch, pos, d_mlp]
     return post @ W_out + b_out  # [batch, pos, d_model]
 
 

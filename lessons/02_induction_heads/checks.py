@@ -72,7 +72,59 @@ def _show(t, k: int = 4) -> str:
     return f"{values}{' ...' if torch.as_tensor(t).numel() > k else ''}"
 
 
-# ---- 02.1 per-token loss --------------------------------------------------------------------------------------------
+# ---- 02.1 the probe -------------------------------------------------------------------------------------------------
+
+def probe_cases(ctx) -> list[Case]:
+    gen = _gen(ctx, 11)
+    cases = []
+    for pool_size, bos_id, seq_len, batch in [(50, 0, 7, 4), (1000, 999, 20, 16), (3, 7, 12, 5), (40, 40, 1, 3)]:
+        offset = _int(gen, 1, 100)
+        pool = torch.arange(offset, offset + pool_size)  # ids that are not 0..size-1: an index is not an id
+        pool = pool[pool != bos_id]
+        cases.append(Case({"token_pool": pool, "bos_id": bos_id, "seq_len": seq_len, "batch": batch,
+                           "gen": torch.Generator().manual_seed(_int(gen, 0, 10**6))},
+                          label=f"pool of {len(pool)} ids from {offset}, BOS {bos_id}, seq_len={seq_len}, "
+                                f"batch={batch}"))
+    return cases
+
+
+def probe_reference(token_pool, bos_id, seq_len, batch, gen):
+    """Only the shape is fixed (the draws are the learner's); the compare checks the properties."""
+    return torch.tensor([batch, 1 + 2 * seq_len])
+
+
+def probe_compare(got, want, case):
+    a = case.args
+    batch, n, bos, pool = a["batch"], a["seq_len"], a["bos_id"], a["token_pool"]
+    if not isinstance(got, torch.Tensor):
+        return f"return a tensor of token ids, got {type(got).__name__}"
+    if got.shape == (batch, 2 * n):
+        return f"your tokens have shape {list(got.shape)}: BOS is missing at position 0 ([batch, 1 + 2 seq_len])"
+    problem = expect_shape(got, tuple(want.tolist()), "your tokens [batch, 1 + 2 seq_len]")
+    if problem:
+        return problem
+    if got.is_floating_point():
+        return f"your tokens have dtype {got.dtype}: token ids are integers (torch.randint gives int64)"
+    if not (got[:, 0] == bos).all():
+        return f"position 0 must be bos_id = {bos} in every row; yours starts {got[:, 0].tolist()[:4]}"
+    first, second = got[:, 1:n + 1], got[:, n + 1:]
+    if not torch.isin(first, pool).all():
+        if (first >= 0).all() and (first < len(pool)).all():
+            return ("your tokens are indices into token_pool (0 .. len - 1), not the ids it holds: index the pool "
+                    "with them, token_pool[torch.randint(len(token_pool), ...)]")
+        return "your tokens include ids that are not in token_pool"
+    if not torch.equal(first, second):
+        if n > 1 and torch.equal(first[:, 1:], second[:, :-1]):
+            return "your second copy is shifted by one position: positions n+1..2n repeat positions 1..n exactly"
+        return "your second half is not a copy of the first: draw r_1..r_n once and repeat the same tensor"
+    if batch > 1 and n >= 3 and len(pool) >= 10 and (first == first[:1]).all():
+        return "every row holds the same sequence: draw a new sequence for every row, shape [batch, seq_len]"
+    if n * batch >= 100 and len(pool) >= 10 and first.unique().numel() < min(len(pool), n * batch) // 4:
+        return f"your {n * batch} draws use only {first.unique().numel()} distinct ids: draw uniformly from the pool"
+    return None
+
+
+# ---- 02.2 per-token loss --------------------------------------------------------------------------------------------
 
 def loss_cases(ctx) -> list[Case]:
     gen = _gen(ctx, 1)
@@ -118,7 +170,7 @@ def loss_compare(got, want, case):
     return problem
 
 
-# ---- 02.2 in-context losses -----------------------------------------------------------------------------------------
+# ---- 02.3 in-context losses -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def _losses(model, tokens) -> torch.Tensor:  # [batch, pos - 1], by torch's cross-entropy in float64
@@ -163,7 +215,7 @@ def icl_compare(got, want, case):
     return _icl_message(got, want, case)
 
 
-# ---- 02.3 detector scores -------------------------------------------------------------------------------------------
+# ---- 02.4 detector scores -------------------------------------------------------------------------------------------
 
 def detector_cases(ctx) -> list[Case]:
     return _token_cases(ctx, 3)
@@ -197,13 +249,13 @@ def detector_compare(got, want, case):
     problem = close(got["previous_token"], want["previous_token"], atol=1e-4, what="your previous_token scores")
     if problem:
         g = got["previous_token"]
-        if _matches(g, score(patterns, range(1, 2 * n + 1), 1)):
-            return ("your previous_token scores include query 1, whose previous token is BOS (where heads rest): "
-                    "average over queries 2..2n")
         if _matches(g, score(transposed, range(2, 2 * n + 1), 1)) or _matches(g, torch.zeros_like(g), 1e-6):
             return ("your previous_token scores read pattern[k, q]: hook_pattern is [batch, head, q_pos, k_pos], "
                     "query first")
-        return problem
+        if _matches(g, score(patterns, range(1, 2 * n + 1), 1)):
+            return ("your previous_token scores include query 1, whose previous token is BOS (where heads rest): "
+                    "average over queries 2..2n")
+        return _query_range(g, patterns, n, 1, (2, 2 * n), "previous_token", "2..2n") or problem
     problem = close(got["induction"], want["induction"], atol=1e-4, what="your induction scores")
     if problem:
         g = got["induction"]
@@ -215,13 +267,28 @@ def detector_compare(got, want, case):
             return "your induction scores are off by one: the target key is q - n + 1, the token after the earlier copy"
         if _matches(g, score(transposed, queries, n - 1)) or _matches(g, torch.zeros_like(g), 1e-6):
             return "your induction scores read pattern[k, q]: hook_pattern is [batch, head, q_pos, k_pos], query first"
-        if _matches(g, score(patterns, range(n, 2 * n + 1), n - 1)):
-            return "your induction scores include query n, which is still in the first half: use queries n+1..2n"
-        return problem
+        return _query_range(g, patterns, n, n - 1, (n + 1, 2 * n), "induction", "n+1..2n") or problem
     return None
 
 
-# ---- 02.4 K-composition ---------------------------------------------------------------------------------------------
+def _query_range(got, patterns, n: int, offset: int, right: tuple, key: str, right_text: str) -> "str | None":
+    """Which query range, off by one at either end, the learner averaged over (target key q - offset)."""
+    pos = patterns.shape[-1]
+    lo, hi = right
+    name = lambda q: {0: "0", 1: "1", n - 1: "n-1", n: "n", n + 1: "n+1", n + 2: "n+2", 2 * n - 1: "2n-1",
+                      2 * n: "2n"}.get(q, str(q))
+    for start in (lo - 1, lo, lo + 1):
+        for end in (hi - 1, hi, hi + 1):
+            if (start, end) == right or start - offset < 0 or end >= pos or start > end:
+                continue
+            candidate = torch.stack([patterns[..., q, q - offset] for q in range(start, end + 1)], -1).mean((1, 3))
+            if _matches(got, candidate):
+                return (f"your {key} scores average queries {name(start)}..{name(end)}; the queries with a target are "
+                        f"{right_text} (n = seq_len; position 0 is BOS): an off-by-one in the query range")
+    return None
+
+
+# ---- 02.5 K-composition ---------------------------------------------------------------------------------------------
 
 def composition_cases(ctx) -> list[Case]:
     gen = _gen(ctx, 4)
@@ -281,7 +348,116 @@ def composition_compare(got, want, case):
     return problem
 
 
-# ---- 02.5 ablation --------------------------------------------------------------------------------------------------
+# ---- 02.6 a random baseline -----------------------------------------------------------------------------------------
+
+def baseline_cases(ctx) -> list[Case]:
+    gen = _gen(ctx, 16)
+    return [Case({"d_model": d_model, "d_head": d_head, "n_samples": n_samples,
+                  "gen": torch.Generator().manual_seed(_int(gen, 0, 10**6))},
+                 label=f"d_model={d_model}, d_head={d_head}, {n_samples} samples")
+            for d_model, d_head, n_samples in [(20, 5, 400), (32, 32, 200), (48, 6, 300)]]
+
+
+def _random_scores(d_model: int, d_head: int, n_samples: int, seed: int, full_rank: bool = False) -> torch.Tensor:
+    """K-composition scores of random heads, all samples in one batch of float64 matrices, norms from traces."""
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    if full_rank:
+        ov, qk = randn(d_model, d_model), randn(d_model, d_model)
+    else:
+        ov, qk = randn(d_model, d_head) @ randn(d_head, d_model), randn(d_model, d_head) @ randn(d_head, d_model)
+    square_norm = lambda m: torch.einsum("nij,nij->n", m, m)  # noqa: E731 - trace(M M^T), ||M||_F^2
+    return (square_norm(ov @ qk.transpose(-1, -2)) / (square_norm(ov) * square_norm(qk))).sqrt()
+
+
+def baseline_reference(d_model, d_head, n_samples, gen):
+    """Statistics of an independent sample (the learner's draws differ, so their statistics are compared)."""
+    scores = _random_scores(d_model, d_head, 2000, seed=12345)
+    return torch.stack([scores.mean(), scores.std()]).float()
+
+
+def baseline_compare(got, want, case):
+    a = case.args
+    problem = expect_shape(got, (a["n_samples"],), "your baseline scores [n_samples]")
+    if problem:
+        if isinstance(got, torch.Tensor) and got.numel() in (1, 2):
+            return f"return every sample's score, a tensor [n_samples], not a summary ({_show(got)})"
+        return problem
+    got = got.double()
+    if not torch.isfinite(got).all():
+        return "your scores contain NaN or inf"
+    mean, std = float(want[0]), float(want[1])
+    if got.std() < 1e-9:
+        return f"every sample has the same score ({got[0]:.4f}): draw new random matrices for every sample"
+    spread_ok = 0.6 * std < got.std() < 1.6 * std
+    mean_ok = abs(got.mean() - mean) < 5 * std / math.sqrt(a["n_samples"]) + 0.002
+    if mean_ok and spread_ok:
+        return None
+    full = _random_scores(a["d_model"], a["d_head"], 1000, seed=999, full_rank=True)
+    if a["d_head"] < a["d_model"] and abs(got.std() - full.std()) < 0.35 * full.std() and not spread_ok:
+        return (f"your scores spread as random FULL-rank [d_model, d_model] matrices do (std {got.std():.4f}): each "
+                "head's W_OV = W_V W_O and W_QK = W_Q W_K^T have rank d_head; build them from the four factors")
+    if got.mean() > 1.5:
+        return (f"your scores have mean {got.mean():.3g}: divide ||W_OV W_QK^T||_F by ||W_OV||_F ||W_QK||_F, which "
+                "makes the score independent of the matrices' scale")
+    return (f"your scores have mean {got.mean():.4f} and std {got.std():.4f}; random heads of these shapes should "
+            "give a different distribution: the score is ||W_OV W_QK^T||_F / (||W_OV||_F ||W_QK||_F) with W_OV = "
+            "W_V W_O and W_QK = W_Q W_K^T")
+
+
+# ---- 02.7 Q- and V-composition ---------------------------------------------------------------------------------------
+
+def qv_cases(ctx) -> list[Case]:
+    gen = _gen(ctx, 17)
+    model = ctx.model()
+    cases = [Case({"model": model, "sender_layer": 0, "receiver_layer": 1}, label=f"{ctx.model_name}, 0 -> 1")]
+    random_model = _random_model(ctx, gen, n_layers=3)
+    for sender, receiver in [(0, 2), (1, 2)]:
+        cases.append(Case({"model": random_model, "sender_layer": sender, "receiver_layer": receiver},
+                          label=f"random 3-layer model, {sender} -> {receiver}"))
+    return cases
+
+
+def qv_reference(model, sender_layer, receiver_layer):
+    try:
+        from minimech.analysis.circuits import composition_scores
+    except ImportError:  # an older minimech: the same formula from the dense matrices
+        ov, _ = _dense(model, sender_layer)
+        ov_r, qk = _dense(model, receiver_layer)
+        return {"Q": _frobenius_ratio(ov, qk).float(), "V": _frobenius_ratio(ov, ov_r).float()}
+    return {kind: composition_scores(model, kind)[sender_layer, :, receiver_layer, :].float() for kind in "QV"}
+
+
+def qv_compare(got, want, case):
+    model = case.args["model"]
+    if not isinstance(got, dict) or set(got) != {"Q", "V"}:
+        return "return a dict with keys 'Q' and 'V'"
+    n = model.cfg.n_heads
+    for kind in "QV":
+        problem = expect_shape(got[kind], (n, n), f"your {kind}-composition scores")
+        if problem:
+            return problem
+    ov, _ = _dense(model, case.args["sender_layer"])
+    ov_r, qk = _dense(model, case.args["receiver_layer"])
+    for kind in "QV":
+        problem = close(got[kind], want[kind], atol=1e-4, rtol=1e-3, what=f"your {kind}-composition scores")
+        if problem is None:
+            continue
+        g = got[kind]
+        if kind == "Q" and _matches(g, _frobenius_ratio(ov, qk.transpose(-1, -2)), 1e-4):
+            return ("your Q scores use W_QK transposed, which is K-composition; the sender feeds the receiver's "
+                    "queries through W_QK itself: ||W_OV W_QK||_F")
+        if kind == "V" and _matches(g, _frobenius_ratio(ov, qk), 1e-4):
+            return "your V scores use the receiver's QK circuit; V-composition uses its OV circuit"
+        if kind == "Q" and _matches(g, _frobenius_ratio(ov, ov_r), 1e-4):
+            return "your Q and V tables are swapped: Q uses the receiver's W_QK, V its W_OV"
+        if _matches(g, want[kind].T, 1e-4):
+            return f"your {kind} table is transposed: rows are the sender's heads, columns the receiver's"
+        return problem
+    return None
+
+
+# ---- 02.8 ablation --------------------------------------------------------------------------------------------------
 
 def _heads_for(model, gen) -> dict:
     """One or two heads to ablate, drawn at random: [[layer, head], ...]."""
@@ -379,7 +555,7 @@ def ablation_compare(got, want, case):
     return f"{problem} (ablating {heads} with the {how})"
 
 
-# ---- 02.6 the phase change ------------------------------------------------------------------------------------------
+# ---- 02.9 the phase change ------------------------------------------------------------------------------------------
 
 def _synthetic_history(gen, increasing: bool) -> list[dict]:
     """A noisy sigmoid over uneven steps: a metric that jumps at a random point of training."""
@@ -439,20 +615,27 @@ def phase_compare(got, want, case):
 
 
 EXERCISES = [
-    Exercise(id="02.1", function="per_token_loss", title="Per-token loss", cases=loss_cases,
+    Exercise(id="02.1", function="repeated_tokens", title="The probe: repeated random tokens", cases=probe_cases,
+             reference=probe_reference, compare=probe_compare,
+             library=("minimech.analysis.heads.repeated_random_tokens",)),
+    Exercise(id="02.2", function="per_token_loss", title="Per-token loss", cases=loss_cases,
              reference=loss_reference, compare=loss_compare),
-    Exercise(id="02.2", function="in_context_losses", title="In-context losses", cases=icl_cases,
-             reference=icl_reference, compare=icl_compare),
-    Exercise(id="02.3", function="detector_scores", title="Previous-token and induction scores",
+    Exercise(id="02.3", function="in_context_losses", title="In-context losses", cases=icl_cases,
+             reference=icl_reference, compare=icl_compare, uses=("02.2",)),
+    Exercise(id="02.4", function="detector_scores", title="Previous-token and induction scores",
              cases=detector_cases, reference=detector_reference, compare=detector_compare,
              library=("minimech.analysis.heads.detector_scores", "minimech.analysis.heads.head_scores")),
-    Exercise(id="02.4", function="k_composition_scores", title="K-composition", cases=composition_cases,
+    Exercise(id="02.5", function="k_composition_scores", title="K-composition", cases=composition_cases,
              reference=composition_reference, compare=composition_compare,
              library=("minimech.analysis.circuits.composition_scores",)),
-    Exercise(id="02.5", function="ablated_in_context_losses", title="Ablating heads", cases=ablation_cases,
-             reference=ablation_reference, compare=ablation_compare,
+    Exercise(id="02.6", function="composition_baseline", title="A random baseline for composition",
+             cases=baseline_cases, reference=baseline_reference, compare=baseline_compare),
+    Exercise(id="02.7", function="q_and_v_composition_scores", title="Q- and V-composition", cases=qv_cases,
+             reference=qv_reference, compare=qv_compare, library=("minimech.analysis.circuits.composition_scores",)),
+    Exercise(id="02.8", function="ablated_in_context_losses", title="Ablating heads", cases=ablation_cases,
+             reference=ablation_reference, compare=ablation_compare, uses=("02.3",),
              library=("minimech.analysis.interventions.ablation_damage",
                       "minimech.analysis.ablation.mean_ablate_heads")),
-    Exercise(id="02.6", function="phase_change_step", title="Finding the phase change", cases=phase_cases,
+    Exercise(id="02.9", function="phase_change_step", title="Finding the phase change", cases=phase_cases,
              reference=phase_reference, compare=phase_compare),
 ]

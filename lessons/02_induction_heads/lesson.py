@@ -25,29 +25,42 @@
 # the weights how they are wired together (K-composition), break the circuit by ablation, and watch it appear during
 # training as a sudden phase change. Everything runs on `attn-only-2l`, a 2-layer attention-only model shipped with
 # minimech, in seconds; with `--model gpt2` (when its weights are on your machine) the same code finds GPT-2's
-# induction heads.
+# induction heads. Before each measurement you write down a prediction (`prediction_1 = ...`); the checks record
+# that you made one, never whether it was right. Figures go to `./minimech-out/` (inline in a notebook:
+# `minimech start 02 --notebook`).
 
 # %%
 import argparse
-import sys
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")  # a script writes PNGs; a notebook shows the figures inline
 import matplotlib.pyplot as plt
 import torch
 
 import minimech
+import minimech.analysis  # the toolkit: its versions of this lesson's exercises, "in practice", after each one
 from minimech import plot
-from minimech.analysis import repeated_random_tokens
 from minimech.loading import WeightsNotFoundError
+from minimech.notebook import show
 
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "attn-only-2l"
 OUT = Path("minimech-out")
+
+
+@contextmanager
+def demo(what: str):
+    """Run a demo cell; if it needs an exercise that is not written yet, say so and go on."""
+    print(f"\n== {what}")
+    try:
+        yield
+    except NotImplementedError as e:
+        print(f"   skipped: {e}")
+    except NameError as e:  # a result an earlier, skipped cell would have made
+        print(f"   skipped: {e} (an earlier cell was skipped)")
+
 
 if MAIN:
     parser = argparse.ArgumentParser(description="Lesson 02: induction heads")
@@ -55,7 +68,6 @@ if MAIN:
     parser.add_argument("--recipe-steps", type=int, default=0,
                         help="steps of the short training run (default 200; the phase change comes after ~1 000-2 000)")
     args, _ = parser.parse_known_args()  # known args only: a notebook kernel passes its own
-    OUT.mkdir(exist_ok=True)
     torch.manual_seed(0)
     try:
         model = minimech.load(args.model)
@@ -73,16 +85,42 @@ if MAIN:
 #
 # Our probe is a batch of sequences `[BOS, r_1 ... r_n, r_1 ... r_n]`: a beginning-of-sequence token, n tokens
 # drawn uniformly at random from the vocabulary, and the same n tokens again. Random tokens carry no meaning and no
-# grammar, so the only way to predict the second half is to have read the first. `repeated_random_tokens` builds
-# them (position 0 is BOS, positions 1..n the first copy, n+1..2n the second).
+# grammar, so the only way to predict the second half is to have read the first. Position 0 is BOS, positions
+# 1..n the first copy, n+1..2n the second.
+
+# %% [markdown]
+# ### Exercise 02.1: the probe
+#
+# > **Difficulty** ★☆☆ · **Importance** ★★☆ · **Time** 5 minutes
+#
+# `token_pool` is a 1-D tensor of the token ids to draw from (the vocabulary without BOS). Return [batch, 1 + 2 n]
+# (n = `seq_len`): `bos_id`, then n ids drawn uniformly (with replacement) from the pool, then the same n ids again.
+# Draw with `torch.randint(..., generator=gen)`, a new draw for every row.
+
+# %%
+def repeated_tokens(token_pool: torch.Tensor, bos_id: int, seq_len: int, batch: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    # EXERCISE 02.1
+    raise NotImplementedError("EXERCISE 02.1: [BOS, r_1..r_n, r_1..r_n] per row, the r_i drawn from token_pool")
+
 
 # %%
 SEQ_LEN = 25
 
+
+def token_pool(model) -> torch.Tensor:
+    """Every id of the model's vocabulary but BOS (and <unk>, where the vocabulary has one)."""
+    tok = model.tokenizer
+    special = {tok.bos_id if tok is not None else 0} | ({tok.unk_id} if tok is not None and tok.unk_id is not None
+                                                         else set())
+    return torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
+
+
 if MAIN:
-    tokens = repeated_random_tokens(model, seq_len=SEQ_LEN, batch=16, seed=0)  # [16, 1 + 2 * SEQ_LEN]
-    print(tokens.shape)
-    print(model.to_str_tokens(tokens[0])[:8], "...")
+    with demo("02.1 the probe"):
+        bos_id = model.tokenizer.bos_id if model.tokenizer is not None else 0
+        tokens = repeated_tokens(token_pool(model), bos_id, SEQ_LEN, 16, torch.Generator().manual_seed(0))
+        print(f"   tokens {list(tokens.shape)}: {model.to_str_tokens(tokens[0])[:6]} ...")
 
 # %% [markdown]
 # ## 2. The in-context loss
@@ -93,7 +131,7 @@ if MAIN:
 # language models; getting it wrong is quietly catastrophic, because the numbers still look like losses.
 
 # %% [markdown]
-# ### Exercise 02.1: per-token loss
+# ### Exercise 02.2: per-token loss
 #
 # > **Difficulty** ★☆☆ · **Importance** ★★★ · **Time** 10 minutes
 #
@@ -102,12 +140,12 @@ if MAIN:
 
 # %%
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    # EXERCISE 02.1
-    raise NotImplementedError("EXERCISE 02.1: minus the log-probability of each next token, [batch, pos - 1]")
+    # EXERCISE 02.2
+    raise NotImplementedError("EXERCISE 02.2: minus the log-probability of each next token, [batch, pos - 1]")
 
 
 # %% [markdown]
-# ### Exercise 02.2: the loss on each half
+# ### Exercise 02.3: the loss on each half
 #
 # > **Difficulty** ★☆☆ · **Importance** ★★★ · **Time** 10 minutes
 #
@@ -118,9 +156,16 @@ def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 # %%
 def in_context_losses(model, tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    # EXERCISE 02.2
-    raise NotImplementedError("EXERCISE 02.2: [mean loss predicting r_2..r_n in the first copy, in the second]")
+    # EXERCISE 02.3
+    raise NotImplementedError("EXERCISE 02.3: [mean loss predicting r_2..r_n in the first copy, in the second]")
 
+
+# %% [markdown]
+# Before measuring: a uniform guess among the model's `d_vocab` tokens costs log(d_vocab) nats (7.2 for
+# attn-only-2l's 1 378 tokens). What will the model pay on the first copy, and on the repeat?
+
+# %%
+prediction_1 = None  # your guess: the mean loss (nats) on the first copy and on the repeat, e.g. (7.0, 3.0)
 
 # %%
 def plot_loss_by_position(losses: torch.Tensor, seq_len: int, path: Path) -> None:
@@ -131,20 +176,21 @@ def plot_loss_by_position(losses: torch.Tensor, seq_len: int, path: Path) -> Non
     ax.set(xlabel="position of the predicted token", ylabel="loss (nats)", title="Loss on repeated random tokens")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    show(fig, path)
 
 
 if MAIN:
-    first, repeated = in_context_losses(model, tokens, SEQ_LEN).tolist()
-    print(f"loss on the first copy {first:.3f}, on the repeat {repeated:.3f} (ratio {repeated / first:.2f})")
-    with torch.no_grad():
-        plot_loss_by_position(per_token_loss(model(tokens), tokens), SEQ_LEN, OUT / "02_loss_by_position.png")
+    with demo("02.3 the loss on each half"):
+        first, repeated = in_context_losses(model, tokens, SEQ_LEN).tolist()
+        print(f"   loss on the first copy {first:.3f}, on the repeat {repeated:.3f} (ratio {repeated / first:.2f}); "
+              f"a uniform guess: {torch.tensor(float(model.cfg.d_vocab)).log():.2f}")
+        with torch.no_grad():
+            plot_loss_by_position(per_token_loss(model(tokens), tokens), SEQ_LEN, OUT / "02_loss_by_position.png")
 
 # %% [markdown]
-# On the first copy the model is guessing: a uniform guess costs log(vocabulary size), 7.2 nats for attn-only-2l,
-# and it pays more (about 12), because its recipe never asked it to predict fresh random tokens, so it guesses
-# English words. On the repeat the loss falls to a small fraction of either. Something reads the first copy.
+# Compare with your guess. On the first copy the model can only guess, and a model trained on English guesses
+# English words, so it can pay *more* than a uniform guess would. On the repeat the loss falls to a small fraction
+# of that: something reads the first copy.
 
 # %% [markdown]
 # ## 3. Finding the heads from their attention
@@ -161,7 +207,7 @@ if MAIN:
 # A head's **score** is its average attention on its target: over the batch and the queries that have one.
 
 # %% [markdown]
-# ### Exercise 02.3: previous-token and induction scores
+# ### Exercise 02.4: previous-token and induction scores
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★ · **Time** 20 minutes
 #
@@ -176,9 +222,16 @@ if MAIN:
 
 # %%
 def detector_scores(model, tokens: torch.Tensor, seq_len: int) -> dict:
-    # EXERCISE 02.3
-    raise NotImplementedError("EXERCISE 02.3: mean attention at key q-1 (queries 2..2n) and q-n+1 (queries n+1..2n)")
+    # EXERCISE 02.4
+    raise NotImplementedError("EXERCISE 02.4: mean attention at key q-1 (queries 2..2n) and q-n+1 (queries n+1..2n)")
 
+
+# %% [markdown]
+# The model has two layers of two heads. Which of the four do you expect to be a previous-token head, and which an
+# induction head? (Think about which layer each must be in for the circuit to work.)
+
+# %%
+prediction_2 = None  # your guess: the previous-token head and the induction head, e.g. ("L0H1", "L1H1")
 
 # %%
 def head_labels(model) -> tuple[list[str], list[str]]:
@@ -186,32 +239,36 @@ def head_labels(model) -> tuple[list[str], list[str]]:
 
 
 if MAIN:
-    scores = detector_scores(model, tokens, SEQ_LEN)
-    rows, cols = head_labels(model)
-    for kind, values in scores.items():
-        plot.heatmap(values, rows, cols, OUT / f"02_{kind}_scores.png", title=f"{kind} score", cmap="Blues",
-                     center=None)
-    n_heads = model.cfg.n_heads
-    # the previous-token head must sit in an earlier layer than the induction head it serves
-    later = scores["induction"].clone()
-    later[0] = -1
-    best = int(later.argmax())
-    induction_head = (best // n_heads, best % n_heads)
-    earlier = scores["previous_token"][: induction_head[0]]
-    prev_head = (int(earlier.argmax()) // n_heads, int(earlier.argmax()) % n_heads)
-    induction_heads = [(l, h) for l in range(1, model.cfg.n_layers) for h in range(n_heads)
-                       if scores["induction"][l, h] > 0.4]
-    print(f"previous-token head L{prev_head[0]}H{prev_head[1]} "
-          f"({scores['previous_token'][prev_head].item():.2f}); induction heads "
-          + ", ".join(f"L{l}H{h} ({scores['induction'][l, h].item():.2f})" for l, h in induction_heads))
-    _, cache = model.run_with_cache(tokens[:1], names=lambda n: n.endswith("hook_pattern"))
-    head = model.blocks[induction_head[0]].attn.heads[induction_head[1]]
-    plot.attention(head.pattern(cache)[0], [repr(t)[1:-1] for t in model.to_str_tokens(tokens[0])],
-                   OUT / "02_induction_head_pattern.png", title=f"{head.name} on a repeated sequence")
+    with demo("02.4 detector scores"):
+        scores = detector_scores(model, tokens, SEQ_LEN)
+        rows, cols = head_labels(model)
+        for kind, values in scores.items():
+            show(plot.heatmap(values, rows, cols, OUT / f"02_{kind}_scores.png", title=f"{kind} score", cmap="Blues",
+                              center=None))
+            print(f"   {kind:14s} " + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l in range(model.cfg.n_layers)
+                                                for h in range(model.cfg.n_heads)))
+        n_heads = model.cfg.n_heads
+        # the previous-token head must sit in an earlier layer than the induction head it serves
+        later = scores["induction"].clone()
+        later[0] = -1
+        best = int(later.argmax())
+        induction_head = (best // n_heads, best % n_heads)
+        earlier = scores["previous_token"][: induction_head[0]]
+        prev_head = (int(earlier.argmax()) // n_heads, int(earlier.argmax()) % n_heads)
+        induction_heads = [(l, h) for l in range(1, model.cfg.n_layers) for h in range(n_heads)
+                           if scores["induction"][l, h] > 0.4]
+        print(f"   previous-token head L{prev_head[0]}H{prev_head[1]}; induction heads (score > 0.4): "
+              + ", ".join(f"L{l}H{h}" for l, h in induction_heads))
+        _, cache = model.run_with_cache(tokens[:1], names=lambda n: n.endswith("hook_pattern"))
+        head = model.blocks[induction_head[0]].attn.heads[induction_head[1]]
+        show(plot.attention(head.pattern(cache)[0], [repr(t)[1:-1] for t in model.to_str_tokens(tokens[0])],
+                            OUT / "02_induction_head_pattern.png", title=f"{head.name} on a repeated sequence"))
 
 # %% [markdown]
-# In the induction head's pattern (`02_induction_head_pattern.png`) the second copy's rows light up on a stripe
-# n − 1 positions left of the diagonal; in the first copy, where nothing has happened before, the head rests on BOS.
+# In the induction head's pattern the second copy's rows light up on a stripe n − 1 positions left of the diagonal;
+# in the first copy, where nothing has happened before, the head rests on BOS. In practice, minimech's
+# `minimech.analysis.heads.detector_scores(model, tokens)` computes these and other detectors (duplicate
+# token, BOS) in one call.
 
 # %% [markdown]
 # ## 4. How the two heads are wired: K-composition
@@ -228,11 +285,10 @@ if MAIN:
 #
 #     score = ||W_OV W_QKᵀ||_F / (||W_OV||_F ||W_QK||_F)
 #
-# Random matrices give small scores (about 1/sqrt(d_model) for large random matrices); a wired-up pair stands out.
 # `model.blocks[l].attn.heads[h]` is a Head with `.OV` and `.QK`, factored matrices whose `.AB` is the product.
 
 # %% [markdown]
-# ### Exercise 02.4: K-composition scores
+# ### Exercise 02.5: K-composition scores
 #
 # > **Difficulty** ★★☆ · **Importance** ★★☆ · **Time** 15 minutes
 #
@@ -241,21 +297,82 @@ if MAIN:
 
 # %%
 def k_composition_scores(model, sender_layer: int, receiver_layer: int) -> torch.Tensor:
-    # EXERCISE 02.4
-    raise NotImplementedError("EXERCISE 02.4: ||W_OV^s W_QK^r.T||_F / (||W_OV^s||_F ||W_QK^r||_F) for every pair")
+    # EXERCISE 02.5
+    raise NotImplementedError("EXERCISE 02.5: ||W_OV^s W_QK^r.T||_F / (||W_OV^s||_F ||W_QK^r||_F) for every pair")
 
+
+# %% [markdown]
+# A score means little without a baseline: two unrelated matrices also have a product of some size. What score do
+# two heads get whose weights are random, with the same shapes? Each W_OV is a product W_V W_O of a
+# [d_model, d_head] and a [d_head, d_model] matrix, so it has rank d_head at most, and so has each W_QK; sample
+# them that way (Gaussian entries: the score does not depend on their scale).
+#
+# ### Exercise 02.6: a random baseline
+#
+# > **Difficulty** ★★☆ · **Importance** ★★★ · **Time** 10 minutes
+#
+# Return a tensor [n_samples]: the K-composition score of `n_samples` pairs of random heads, each with W_V, W_O,
+# W_Q and W_K drawn with `torch.randn(..., generator=gen)` in the shapes [d_model, d_head], [d_head, d_model],
+# [d_model, d_head] and [d_model, d_head].
+
+# %%
+def composition_baseline(d_model: int, d_head: int, n_samples: int, gen: torch.Generator) -> torch.Tensor:
+    # EXERCISE 02.6
+    raise NotImplementedError("EXERCISE 02.6: the K-composition score of n_samples random pairs of heads")
+
+
+# %% [markdown]
+# The induction head's *queries* matter too: it must ask "where was my current token?", and in a model whose layer-0
+# heads rewrite the current token, the query may read what one of them wrote (**Q-composition**). And what a head
+# copies may come from an earlier head's output (**V-composition**). Same score, other receiver matrix: W_QK itself
+# for Q-composition (the sender feeds the query side, x_q = y W_OV), and the receiver's W_OV for V-composition.
+#
+# ### Exercise 02.7: Q- and V-composition
+#
+# > **Difficulty** ★★☆ · **Importance** ★★☆ · **Time** 10 minutes
+#
+# Return `{"Q": [n_heads, n_heads], "V": [n_heads, n_heads]}`, rows senders, columns receivers:
+# ||W_OV^s W_QK^r||_F / (||W_OV^s||_F ||W_QK^r||_F) and ||W_OV^s W_OV^r||_F / (||W_OV^s||_F ||W_OV^r||_F).
+
+# %%
+def q_and_v_composition_scores(model, sender_layer: int, receiver_layer: int) -> dict:
+    # EXERCISE 02.7
+    raise NotImplementedError("EXERCISE 02.7: the same ratio with W_QK^r (Q) and with W_OV^r (V) as the receiver")
+
+
+# %% [markdown]
+# Before measuring: which sender → receiver pair has the largest K-composition, and how far above the random
+# baseline will it be?
+
+# %%
+prediction_3 = None  # your guess: the strongest K pair, its score, the baseline, e.g. ("L0H0->L1H0", 0.5, 0.1)
 
 # %%
 if MAIN:
-    receiver_layer = induction_head[0]
-    composition = k_composition_scores(model, prev_head[0], receiver_layer)
-    plot.heatmap(composition, [f"L{prev_head[0]}H{h}" for h in range(n_heads)],
-                 [f"L{receiver_layer}H{h}" for h in range(n_heads)], OUT / "02_k_composition.png",
-                 title="K-composition (rows: senders, columns: receivers)", cmap="Blues", center=None)
-    top = composition.flatten().topk(3)
-    print("strongest K-composition:", ", ".join(
-        f"L{prev_head[0]}H{int(i) // n_heads} -> L{receiver_layer}H{int(i) % n_heads} ({v:.2f})"
-        for v, i in zip(top.values.tolist(), top.indices)))
+    with demo("02.5-02.7 composition scores against a random baseline"):
+        receiver_layer = induction_head[0]
+        senders = [f"L{prev_head[0]}H{h}" for h in range(n_heads)]
+        receivers = [f"L{receiver_layer}H{h}" for h in range(n_heads)]
+        tables = {"K": k_composition_scores(model, prev_head[0], receiver_layer)}
+        tables.update(q_and_v_composition_scores(model, prev_head[0], receiver_layer))
+        baseline = composition_baseline(model.cfg.d_model, model.cfg.d_head, 200, torch.Generator().manual_seed(0))
+        mean, std = baseline.mean().item(), baseline.std().item()
+        print(f"   random heads of these shapes: {mean:.3f} +- {std:.3f} (mean +- std of 200 pairs)")
+        for kind, table in tables.items():
+            cells = [f"{a}->{b} {table[i, j]:.3f} ({(table[i, j] - mean) / std:+.0f} std)"
+                     for i, a in enumerate(senders) for j, b in enumerate(receivers)]
+            print(f"   {kind}-composition: " + ", ".join(cells))
+            show(plot.heatmap(table, senders, receivers, OUT / f"02_{kind.lower()}_composition.png",
+                              title=f"{kind}-composition (rows: senders, columns: receivers)", cmap="Blues",
+                              center=None))
+
+# %% [markdown]
+# Read the numbers against the baseline, not against each other. A pair many standard deviations above the random
+# level is wired on purpose; a pair at the random level tells you nothing; a pair below it means the two heads'
+# subspaces avoid each other. Even the strongest pair may be a modest *ratio* above the baseline: trained weights
+# are far from random matrices, and weight-based scores ignore LayerNorm and what the residual stream actually
+# holds. They suggest a circuit; the ablations below test it. (In practice: `minimech.analysis.circuits.
+# composition_scores(model, "K")` returns every pair of layers at once.)
 
 # %% [markdown]
 # ## 5. Ablation: is the circuit necessary?
@@ -267,7 +384,7 @@ if MAIN:
 # position", but no longer anything about this particular sequence.
 
 # %% [markdown]
-# ### Exercise 02.5: ablating heads
+# ### Exercise 02.8: ablating heads
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★ · **Time** 20 minutes
 #
@@ -279,45 +396,50 @@ if MAIN:
 # %%
 def ablated_in_context_losses(model, tokens: torch.Tensor, seq_len: int, heads: list,
                               how: str = "mean") -> torch.Tensor:
-    # EXERCISE 02.5
-    raise NotImplementedError("EXERCISE 02.5: replace the heads' hook_z by their batch mean (or 0); in-context losses")
+    # EXERCISE 02.8
+    raise NotImplementedError("EXERCISE 02.8: replace the heads' hook_z by their batch mean (or 0); in-context losses")
 
+
+# %% [markdown]
+# Before the experiment: which single head, mean-ablated, will cost the most of the in-context gain? And will the
+# layer-0 head that no detector flags matter?
+
+# %%
+prediction_4 = None  # your guess: the repeat's loss after ablating each head, or just which heads matter, e.g. ["L1H0"]
 
 # %%
 if MAIN:
-    # A control: a head no detector flags, from the last layer (whose output only the unembedding reads), else any.
-    others = [(l, h) for l in range(model.cfg.n_layers) for h in range(n_heads)
-              if (l, h) != prev_head and (l, h) not in induction_heads]
-    control = max(others, key=lambda lh: lh[0])
-    experiments = {"nothing": [], "the induction heads": [list(h) for h in induction_heads],
-                   f"the previous-token head L{prev_head[0]}H{prev_head[1]}": [list(prev_head)],
-                   f"a control head L{control[0]}H{control[1]}": [list(control)]}
-    experiments.update({f"layer-0 head L{l}H{h}": [[l, h]] for l, h in others if l == 0})
-    results = {name: ablated_in_context_losses(model, tokens, SEQ_LEN, heads) if heads
-               else in_context_losses(model, tokens, SEQ_LEN) for name, heads in experiments.items()}
-    for name, (first_half, repeat) in results.items():
-        print(f"mean-ablating {name:40s} first copy {first_half:.3f}, repeat {repeat:.3f}")
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    width = 0.38
-    for i, (name, values) in enumerate(results.items()):
-        ax.bar([i - width / 2, i + width / 2], values.tolist(), width, color=["C0", "C1"],
-               label=["first copy", "repeat"] if i == 0 else None)
-    ax.set_xticks(range(len(results)), [n.replace(" head ", "\nhead ") for n in results], fontsize=8)
-    ax.set(ylabel="loss (nats)", title="Mean ablation: the in-context gain needs both heads")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "02_ablation.png", dpi=110)
-    plt.close(fig)
+    with demo("02.8 mean ablation"):
+        # A control: a head no detector flags, from the last layer (whose output only the unembedding reads).
+        others = [(l, h) for l in range(model.cfg.n_layers) for h in range(n_heads)
+                  if (l, h) != prev_head and (l, h) not in induction_heads]
+        control = max(others, key=lambda lh: lh[0])
+        experiments = {"nothing": [], "the induction heads": [list(h) for h in induction_heads],
+                       f"the previous-token head L{prev_head[0]}H{prev_head[1]}": [list(prev_head)],
+                       f"a control head L{control[0]}H{control[1]}": [list(control)]}
+        experiments.update({f"layer-0 head L{l}H{h}": [[l, h]] for l, h in others if l == 0})
+        results = {name: ablated_in_context_losses(model, tokens, SEQ_LEN, heads) if heads
+                   else in_context_losses(model, tokens, SEQ_LEN) for name, heads in experiments.items()}
+        for name, (first_half, repeat) in results.items():
+            print(f"   mean-ablating {name:36s} first copy {first_half:.3f}, repeat {repeat:.3f}")
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        width = 0.38
+        for i, (name, values) in enumerate(results.items()):
+            ax.bar([i - width / 2, i + width / 2], values.tolist(), width, color=["C0", "C1"],
+                   label=["first copy", "repeat"] if i == 0 else None)
+        ax.set_xticks(range(len(results)), [n.replace(" head ", "\nhead ") for n in results], fontsize=8)
+        ax.set(ylabel="loss (nats)", title="Mean ablation of single heads")
+        ax.legend()
+        fig.tight_layout()
+        show(fig, OUT / "02_ablation.png")
 
 # %% [markdown]
-# Ablating the induction heads, or the single previous-token head that feeds them, sends the loss on the repeat
-# most of the way back up to the loss on the first copy, while the control head changes little: the in-context gain
-# runs through this circuit.
-#
-# On `attn-only-2l` the other layer-0 head matters as much, though no detector flags it: L0H1 attends to its own
-# position (about 0.9 of its attention) and writes a transformed copy of the current token, which the induction
-# head's queries read (Q-composition) to match against what the previous-token head wrote into the keys. Detector
-# scores find the heads with a recognisable pattern; only an intervention finds all the heads a behaviour needs.
+# Compare the repeat's loss in each row with the clean run ("nothing") and with the first copy. A head whose
+# ablation sends the repeat back up towards the first copy's loss is necessary for the in-context gain; a head whose
+# ablation changes little is not. Check whether the heads that matter are exactly the ones the detectors found: a
+# head with no recognisable pattern can still be needed (for example one that writes the current token for the
+# induction head's queries to read, which Q-composition would show). Detector scores find heads with a
+# recognisable pattern; only an intervention finds all the heads a behaviour needs.
 
 # %% [markdown]
 # ## 6. The phase change
@@ -333,7 +455,7 @@ if MAIN:
 # works the same for a metric that rises and for one that falls.
 
 # %% [markdown]
-# ### Exercise 02.6: dating the phase change
+# ### Exercise 02.9: dating the phase change
 #
 # > **Difficulty** ★☆☆ · **Importance** ★★☆ · **Time** 10 minutes
 #
@@ -342,36 +464,41 @@ if MAIN:
 
 # %%
 def phase_change_step(history: list, key: str) -> int:
-    # EXERCISE 02.6
-    raise NotImplementedError("EXERCISE 02.6: the step of the first record with (v - first) / (last - first) >= 0.5")
+    # EXERCISE 02.9
+    raise NotImplementedError("EXERCISE 02.9: the step of the first record with (v - first) / (last - first) >= 0.5")
 
+
+# %% [markdown]
+# Before you date it: do the previous-token score, the induction score and the in-context ratio change together, or
+# one after the other? And when, in a run of 12 000 steps?
+
+# %%
+prediction_5 = None  # your guess: the step at which each metric is half-way, or "together at step ..."
 
 # %%
 if MAIN:
-    history = minimech.load(DEFAULT_MODEL).card["history"]
-    keys = ["loss", "icl_loss_ratio", "induction_best", "prev_token_best_L0"]
-    for key in keys:
-        print(f"{key:20s} half-way at step {phase_change_step(history, key)}")
-    plot.curves(history, keys, OUT / "02_phase_change.png", title="attn-only-2l: training history")
+    with demo("02.9 dating the phase change in attn-only-2l's training history"):
+        history = minimech.load(DEFAULT_MODEL).card["history"]
+        keys = ["loss", "icl_loss_ratio", "induction_best", "prev_token_best_L0"]
+        for key in keys:
+            print(f"   {key:20s} half-way at step {phase_change_step(history, key)}")
+        show(plot.curves(history, keys, OUT / "02_phase_change.png", title="attn-only-2l: training history"))
 
 # %% [markdown]
-# The previous-token score, the induction score and the in-context ratio all cross half-way at the same evaluation
-# (step 1 500 of attn-only-2l's 12 000; evaluations are 250 steps apart), after a plateau in which the loss had
-# already fallen to ~3.5 nats on what a model without induction can learn: the circuit forms as one piece. (At step
-# 4 000 the recipe switches from rows of 32 tokens to rows of 64, and the previous-token score jumps from 0.66 to
-# 0.94: the probe's sequences are 41 tokens long, and only then does the head learn positions 32 and beyond.)
+# Look at the curves around the steps you found: evaluations are 250 steps apart, so metrics that cross half-way at
+# the same evaluation changed within the same few hundred steps. If the induction score and the in-context ratio
+# jump together, after a plateau of the loss, the circuit formed as one piece, and the in-context learning came
+# with it: Olsson et al.'s phase change.
 #
 # ### A short training run
 #
 # Where does that history come from? `minimech.training.recipes` holds the recipe `attn-only-2l` was trained with:
 # the config, English sentences from minimech's generated corpus with chunks of random tokens copied into them (the
-# only text where copying pays), and the optimiser settings. Three choices make its phase change come early: the
-# first steps use rows of 32 tokens instead of 64 (the plateau grows with the square of the context), the loss
-# skips the fresh random tokens (noise by construction), and attention weights start at 1/sqrt(d_model) instead of
-# GPT-2's 0.02. Below, the same recipe runs its first 200 steps on a small slice of the corpus (the full run is
-# `minimech train attn-only-2l`: 12 000 steps). The loss falls fast as the model learns which words are common, but
-# the induction score and the in-context ratio do not move yet: 200 steps are the flat stretch before the phase
-# change. Pass `--recipe-steps 2000` to watch the phase change itself (about a minute and a half on a laptop CPU).
+# only text where copying pays), and the optimiser settings. Its first steps use short rows (the plateau before the
+# phase change grows with the context length), keep fresh random tokens out of the loss, and start attention
+# weights larger than GPT-2's 0.02. Below, the same recipe runs its first 200 steps on a small slice of the corpus
+# (the full run is `minimech train attn-only-2l`: 12 000 steps); `--recipe-steps 2000` runs further (about a minute
+# and a half on a laptop CPU). Where in the history above do 200 steps end?
 
 # %%
 def short_training_run(steps: int = 200, seed: int = 0) -> list:
@@ -392,14 +519,22 @@ def short_training_run(steps: int = 200, seed: int = 0) -> list:
     return train(fresh, phases, settings, recipes.evaluator(recipe, corpus, tokenizer), progress=False).history
 
 
-if MAIN:
-    start = time.perf_counter()
-    run_history = short_training_run(steps=args.recipe_steps or 200)
-    last = run_history[-1]
-    print(f"short run ({time.perf_counter() - start:.0f} s): loss {run_history[0]['loss']:.2f} -> {last['loss']:.2f}, "
-          f"induction score {last['induction_best']:.2f}, in-context ratio {last['icl_loss_ratio']:.2f}")
-    plot.curves(run_history, ["loss", "icl_loss_ratio", "induction_best", "prev_token_best_L0"],
-                OUT / "02_short_training_run.png", title="attn-only-2l's recipe, the first steps")
+if MAIN and os.environ.get("MINIMECH_QUICK"):  # the test suite's smoke run: building the corpus alone takes seconds
+    print("\n== a short training run\n   skipped: MINIMECH_QUICK is set")
+elif MAIN:
+    with demo("a short training run"):
+        start = time.perf_counter()
+        run_history = short_training_run(steps=args.recipe_steps or 200)
+        last = run_history[-1]
+        print(f"   short run ({time.perf_counter() - start:.0f} s): loss {run_history[0]['loss']:.2f} -> "
+              f"{last['loss']:.2f}, induction score {last['induction_best']:.2f}, in-context ratio "
+              f"{last['icl_loss_ratio']:.2f}")
+        show(plot.curves(run_history, ["loss", "icl_loss_ratio", "induction_best", "prev_token_best_L0"],
+                         OUT / "02_short_training_run.png", title="attn-only-2l's recipe, the first steps"))
+
+# %% [markdown]
+# In 200 steps the loss falls fast (the model learns which words are common), while the induction score and the
+# in-context ratio stay where they started: this is the plateau before the phase change.
 
 # %% [markdown]
 # ## 7. GPT-2 (only with `--model gpt2`)
@@ -412,12 +547,14 @@ if MAIN:
 GPT2_INDUCTION_HEADS = [(5, 1), (5, 5), (6, 9), (7, 2), (7, 10)]
 
 if MAIN and IS_GPT2:
-    gpt2_tokens = repeated_random_tokens(model, seq_len=50, batch=8, seed=0)
-    gpt2_scores = detector_scores(model, gpt2_tokens, 50)["induction"]  # [12, 12]
-    top10 = [(int(i) // 12, int(i) % 12) for i in gpt2_scores.flatten().topk(10).indices]
-    missing = [f"{l}.{h}" for l, h in GPT2_INDUCTION_HEADS if (l, h) not in top10]
-    assert not missing, f"GPT-2 induction heads {missing} are not among the top 10 by your induction score {top10}"
-    print("GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
+    with demo("GPT-2 small's induction heads"):
+        gpt2_tokens = repeated_tokens(token_pool(model), model.tokenizer.bos_id, 50, 8,
+                                      torch.Generator().manual_seed(0))
+        gpt2_scores = detector_scores(model, gpt2_tokens, 50)["induction"]  # [12, 12]
+        top10 = [(int(i) // 12, int(i) % 12) for i in gpt2_scores.flatten().topk(10).indices]
+        missing = [f"{l}.{h}" for l, h in GPT2_INDUCTION_HEADS if (l, h) not in top10]
+        assert not missing, f"GPT-2 induction heads {missing} are not among the top 10 by your induction score {top10}"
+        print("   GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
 elif MAIN:
     print("GPT-2 checks skipped: they run with --model gpt2 when GPT-2's weights are on this machine")
 
@@ -426,10 +563,10 @@ elif MAIN:
 #
 # A two-layer attention-only model predicts repeated random tokens almost perfectly, and it does so with a circuit
 # you can point to: a previous-token head in layer 0 writes "the token before me" into each position, and induction
-# heads in layer 1 use that as their keys (K-composition, visible in the weights) to attend to the token after the
-# earlier copy and copy it. Removing either part removes most of the in-context gain, and both parts form together,
-# abruptly, during training. Olsson et al. argue that the same mechanism, in fuzzier forms, underlies much of the
-# in-context learning of large models.
+# heads in layer 1 use that as their keys (K-composition, visible in the weights against a random baseline) to attend
+# to the token after the earlier copy and copy it. Ablations show which heads the behaviour needs, including one no
+# detector flags, and the training history shows the parts forming together, abruptly. Olsson et al. argue that the
+# same mechanism, in fuzzier forms, underlies much of the in-context learning of large models.
 
 if MAIN:
     print(f"figures written to {OUT.resolve()}")

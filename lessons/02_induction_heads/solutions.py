@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def repeated_tokens(token_pool: torch.Tensor, bos_id: int, seq_len: int, batch: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    """[batch, 1 + 2 seq_len]: BOS, seq_len ids drawn uniformly from token_pool, then the same ids again."""
+    first = token_pool[torch.randint(len(token_pool), (batch, seq_len), generator=gen)]  # [batch, seq_len]
+    return torch.cat([torch.full((batch, 1), bos_id, dtype=first.dtype), first, first], dim=1)
+
+
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[batch, pos - 1]: entry [b, i] is -log p(tokens[b, i + 1] | tokens[b, :i + 1]), read from logits [batch, pos,
     d_vocab] at position i."""
@@ -45,6 +52,35 @@ def k_composition_scores(model, sender_layer: int, receiver_layer: int) -> torch
         for r, qk in enumerate(receivers):
             # The sender writes ov's output into the stream; the receiver reads its keys from there: x_q QK (y OV)^T
             scores[s, r] = (ov @ qk.T).norm() / (ov.norm() * qk.norm())
+    return scores
+
+
+def _frobenius_ratio(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return (A @ B).norm() / (A.norm() * B.norm())
+
+
+def composition_baseline(d_model: int, d_head: int, n_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """[n_samples]: K-composition scores of random heads (Gaussian W_V, W_O, W_Q, W_K of the given shapes)."""
+    scores = []
+    for _ in range(n_samples):
+        W_V, W_O = torch.randn(d_model, d_head, generator=gen), torch.randn(d_head, d_model, generator=gen)
+        W_Q, W_K = torch.randn(d_model, d_head, generator=gen), torch.randn(d_model, d_head, generator=gen)
+        ov, qk = W_V @ W_O, W_Q @ W_K.T  # each [d_model, d_model], rank d_head
+        scores.append(_frobenius_ratio(ov, qk.T))
+    return torch.stack(scores)
+
+
+def q_and_v_composition_scores(model, sender_layer: int, receiver_layer: int) -> dict:
+    """{"Q": [senders, receivers], "V": [senders, receivers]}: the composition score with W_QK (Q) and with W_OV (V)
+    as the receiver's matrix."""
+    senders = model.blocks[sender_layer].attn.heads
+    receivers = model.blocks[receiver_layer].attn.heads
+    scores = {"Q": torch.zeros(len(senders), len(receivers)), "V": torch.zeros(len(senders), len(receivers))}
+    for s, sender in enumerate(senders):
+        ov = sender.OV.AB  # [d_model, d_model]
+        for r, receiver in enumerate(receivers):
+            scores["Q"][s, r] = _frobenius_ratio(ov, receiver.QK.AB)  # the sender writes the receiver's query input
+            scores["V"][s, r] = _frobenius_ratio(ov, receiver.OV.AB)  # ... or what the receiver moves
     return scores
 
 

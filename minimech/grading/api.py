@@ -71,10 +71,18 @@ class Exercise:
     # Dotted names of library functions that already do what the exercise asks (e.g. "minimech.analysis.
     # logit_diff"): a learner's code that calls one of them directly fails the exercise, as an import would.
     library: tuple = ()
+    # Ids of earlier exercises whose learner functions this one calls (e.g. ("00.3",)): when one of them fails in
+    # the same run, this exercise's failure message names it first ("your 00.3 (mlp) fails; 00.4 calls it").
+    uses: tuple = ()
 
     def __post_init__(self):
         if not EXERCISE_ID.match(self.id):
             raise GradingError(f"exercise id {self.id!r} is not of the form NN.k (e.g. '02.3')")
+        if isinstance(self.uses, str):
+            self.uses = (self.uses,)
+        bad = [u for u in self.uses if not (isinstance(u, str) and EXERCISE_ID.match(u)) or u == self.id]
+        if bad:
+            raise GradingError(f"exercise {self.id}: uses={bad!r} must name other exercises, as 'NN.k' ids")
         if not self.function.isidentifier():
             raise GradingError(f"exercise {self.id}: function={self.function!r} is not a Python name")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import MinimechError
 from .api import Case, Exercise, GradingError
 from .lessons import Lesson, get_lesson, load_checks, load_module
-from .report import CaseResult, ExerciseResult, Report, lost_exercise, score_exercise
+from .report import CaseResult, ExerciseResult, Report, blame_upstream, lost_exercise, score_exercise
 from .runner import build_cases, classify, input_digest, run_exercise
 from .wire import decode, tensors_from_bytes, tensors_to_bytes
 
@@ -191,4 +191,5 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
         outcomes = run_in_process(learner_file, chosen, seed, model_name, overrides)
     points = lesson.points
     results = [judge(e, float(points.get(e.id, 0)), outcomes.get(e.id), oracle) for e in chosen]
+    results = blame_upstream(results, {e.id: tuple(getattr(e, "uses", ())) for e in chosen})
     return Report(lesson.id, str(learner_file), seed, model_name, results, round(time.perf_counter() - start, 3))

@@ -1,7 +1,7 @@
 """The lesson commands of `minimech` (registered by cli.py; like cli.py, this module prints).
 
     minimech lessons                      the lessons, with your progress in each
-    minimech start 02 [--dir DIR]         copy lesson 02 into your workspace (./minimech-lessons by default)
+    minimech start 02 [--notebook]        copy lesson 02 into your workspace (./minimech-lessons by default)
     minimech check 02 [3 ...]             check your lesson.py: a table, the first failure's message
     minimech hint 02.3                    the next hint for exercise 02.3, one at a time
     minimech solution 02.3 [--yes]        the reference solution (asks first)
@@ -70,14 +70,21 @@ def register(command, arg, print_table) -> None:
 
     @command("start", "copy a lesson (lesson.py, README.md, hints.md) into your workspace",
              arg("lesson", help="the lesson's id, e.g. 02"), dir_arg,
-             arg("--force", action="store_true", help="start over (your lesson.py is kept as lesson.py.bak)"))
+             arg("--notebook", action="store_true",
+                 help="write lesson.ipynb, a Jupyter notebook, instead of lesson.py (needs jupytext: pip install "
+                      "'minimech[notebook]')"),
+             arg("--force", action="store_true", help="start over (your file is kept as lesson.py.bak or "
+                                                      "lesson.ipynb.bak)"))
     def cmd_start(args) -> int:
         lesson = get_lesson(args.lesson)
-        path = ws.start(lesson, ws.workspace_for(args.dir), force=args.force)
+        path = ws.start(lesson, ws.workspace_for(args.dir), force=args.force, notebook=args.notebook)
+        check = f"minimech check {lesson.id}" + (f" --dir {shlex.quote(args.dir)}" if args.dir else "")
         print(f"lesson {lesson.id}: {lesson.title}\n  {path}")
-        print(f"run it:   python {path}\nnotebook: jupytext --to notebook {path}  (or open it in Jupyter "
-              f"with jupytext)\ncheck it: minimech check {lesson.id}"
-              + (f" --dir {shlex.quote(args.dir)}" if args.dir else ""))
+        if args.notebook:
+            print(f"open it:  jupyter lab {path}  (figures show inline)\ncheck it: {check}")
+        else:
+            print(f"run it:   python {path}  (figures go to ./minimech-out/)\nnotebook: minimech start {lesson.id} "
+                  f"--notebook writes lesson.ipynb instead\ncheck it: {check}")
         return 0
 
     @command("check", "check your lesson.py: which exercises pass, and the first failure's message (exit status "
@@ -96,7 +103,8 @@ def register(command, arg, print_table) -> None:
         print(f"checking {path} (lesson {lesson.id}: {lesson.title})\n")
         report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model)
         _print_report(report, print_table)
-        if not args.file or Path(args.file).resolve() == (workspace / lesson.name / "lesson.py").resolve():
+        if not args.file or Path(args.file).resolve() in {(workspace / lesson.name / name).resolve()
+                                                          for name in ("lesson.py", "lesson.ipynb")}:
             if (workspace / ws.PROGRESS_FILE).is_file():
                 ws.record_check(workspace, report)
         return 0 if all(e.status == "pass" for e in report.exercises) else 1  # usable in a learner's CI

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 STATUSES = ("pass", "fail", "not attempted", "error", "timeout", "memory", "exited", "forbidden import",
             "model mutated")
 # An exercise with one of these gets no credit at all (a case that merely errs or fails still leaves partial credit).
 LOSES_EXERCISE = ("timeout", "memory", "exited", "forbidden import", "model mutated")
+# An upstream exercise with one of these is not blamed for a later exercise's failure (blame_upstream): "not
+# attempted" already surfaces downstream as "this calls your exercise 00.3, which is not written yet".
+UPSTREAM_OK = ("pass", "not attempted")
 
 
 @dataclass
@@ -94,3 +97,31 @@ def score_exercise(ex_id: str, title: str, function: str, points: float, cases: 
 def lost_exercise(ex_id: str, title: str, function: str, points: float, status: str, message: str) -> ExerciseResult:
     """An exercise that produced no per-case results (a hang, a crash, an import that failed, a grader error)."""
     return ExerciseResult(ex_id, title, function, status, 0.0, points, message, [])
+
+
+def blame_upstream(results: list[ExerciseResult], uses: dict[str, tuple]) -> list[ExerciseResult]:
+    """Each failed result whose exercise calls (uses), directly or through another exercise, an exercise that also
+    failed in this run, with a message that names the first such failure: it is the likely cause. uses: {exercise
+    id: (ids of the exercises it calls)}."""
+    by_id = {r.id: r for r in results}
+    failed = {r.id for r in results if r.status not in UPSTREAM_OK}
+
+    def roots(ex_id: str, seen: set) -> list[str]:  # failed exercises upstream of ex_id, through failed ones only
+        found = []
+        for up in uses.get(ex_id, ()):
+            if up in seen or up not in failed:  # a passing (or unchecked) exercise passes no blame on
+                continue
+            seen.add(up)
+            found += roots(up, seen) or [up]
+        return found
+
+    out = []
+    for r in results:
+        causes = sorted(set(roots(r.id, set()))) if r.status not in ("pass", "not attempted") else []
+        if causes:
+            names = ", ".join(f"{by_id[c].id} ({by_id[c].function})" for c in causes)
+            one = len(causes) == 1
+            r = replace(r, message=f"your {names} {'fails' if one else 'fail'}; {r.id} calls {'it' if one else 'them'}"
+                                   f": fix {causes[0]} first. ({r.message})")
+        out.append(r)
+    return out

@@ -1,7 +1,8 @@
 """The learner's workspace and the instructor's handout.
 
 A workspace is a folder of the learner's own (never inside the installed package): `minimech start 02` copies
-lesson 02's lesson.py, README.md and hints.md into WORKSPACE/02_induction_heads/, and keeps progress (checks,
+lesson 02's lesson.py, README.md and hints.md into WORKSPACE/02_induction_heads/ (`--notebook`: lesson.ipynb
+instead of lesson.py), and keeps progress (checks,
 hints shown, solutions seen) in WORKSPACE/minimech-progress.json. Commands find the workspace from the current
 folder upward (the folder holding minimech-progress.json), else use ./minimech-lessons.
 """
@@ -53,34 +54,54 @@ def _refuse_package(target: Path) -> None:
             raise GradingError(f"{target} is inside minimech's own files; choose a folder of your own with --dir")
 
 
-def start(lesson: Lesson, workspace: Path, force: bool = False) -> Path:
-    """Copy the lesson's files into workspace/<lesson.name>/; returns the learner's lesson.py. An existing
-    lesson.py is kept unless force, and then saved as lesson.py.bak first."""
+def start(lesson: Lesson, workspace: Path, force: bool = False, notebook: bool = False) -> Path:
+    """Copy the lesson's files into workspace/<lesson.name>/; returns the learner's file: lesson.py, or with
+    notebook=True lesson.ipynb (the same cells, written by jupytext). An existing file is kept unless force, and
+    then saved as lesson.py.bak (lesson.ipynb.bak) first."""
     workspace = Path(workspace).resolve()
     _refuse_package(workspace)
     folder = workspace / lesson.name
-    target = folder / "lesson.py"
+    target = folder / ("lesson.ipynb" if notebook else "lesson.py")
     if target.exists() and not force:
         raise GradingError(f"{target} exists (your work): check it with `minimech check {lesson.id}`, or pass "
-                           "--force to start over (your file is kept as lesson.py.bak)")
+                           f"--force to start over (your file is kept as {target.name}.bak)")
+    text = to_notebook(lesson.file("lesson.py")) if notebook else None  # before any file is written
     folder.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        shutil.copy2(target, folder / "lesson.py.bak")
+        shutil.copy2(target, folder / f"{target.name}.bak")
     for name in LEARNER_FILES:
-        if (lesson.path / name).is_file():
+        if (lesson.path / name).is_file() and not (notebook and name == "lesson.py"):
             shutil.copyfile(lesson.path / name, folder / name)
+    if notebook:
+        target.write_text(text, encoding="utf-8")
     progress = read_progress(workspace)
     progress["lessons"].setdefault(lesson.id, {}).setdefault("started", _now())
     write_progress(workspace, progress)
     return target
 
 
+def to_notebook(lesson_py: Path) -> str:
+    """A lesson.py (jupytext's percent format) as the text of a Jupyter notebook, with jupytext."""
+    try:
+        import jupytext
+    except ImportError:
+        raise GradingError("writing a notebook needs jupytext: pip install 'minimech[notebook]' (jupytext, "
+                           "ipykernel, ipywidgets), or work in lesson.py, which opens as a notebook in Jupyter "
+                           "with jupytext") from None
+    notebook = jupytext.read(lesson_py, fmt="py:percent")
+    notebook.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    notebook.metadata.get("jupytext", {}).pop("formats", None)  # a plain notebook, not paired with a .py file
+    return jupytext.writes(notebook, fmt="ipynb")
+
+
 def learner_file(lesson: Lesson, workspace: Path) -> Path:
-    path = Path(workspace) / lesson.name / "lesson.py"
-    if not path.is_file():
+    """The learner's file in the workspace: lesson.py or lesson.ipynb; when both are there, the one saved last."""
+    folder = Path(workspace) / lesson.name
+    found = [p for p in (folder / "lesson.py", folder / "lesson.ipynb") if p.is_file()]
+    if not found:
         raise GradingError(f"lesson {lesson.id} is not started in {workspace}: run `minimech start {lesson.id}` "
                            "(or give the file with --file, or the workspace with --dir)")
-    return path
+    return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
 # ---- progress ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
+from ..notebook import tqdm  # a widget in Jupyter, text elsewhere; never "IProgress not found"
 
 from ..model import GPT
 

@@ -1,0 +1,53 @@
+"""How long each lesson takes a learner's machine: the filled-in lesson run as a script (the full run, not the test
+suite's MINIMECH_QUICK smoke run) and `minimech check` on it, isolated as a learner runs it.
+
+    python benchmarks/lesson_times.py            # every lesson
+    python benchmarks/lesson_times.py 00 05      # some
+
+Prints wall-clock and CPU seconds (children included) per lesson. Issue 13's budget: a script under a minute and a
+check under 30 s on two cores. On a shared machine the wall clock grows with the load; the CPU time does not.
+"""
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from minimech.grading import fill_solutions, find_lessons
+
+
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float, int]:
+    """(wall s, CPU s of the child processes, exit status)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if run.returncode:
+        print(run.stderr[-2000:], file=sys.stderr)
+    return wall, cpu, run.returncode
+
+
+def main(wanted: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MINIMECH_QUICK"}
+    print(f"{'lesson':28s} {'script wall':>12s} {'script cpu':>11s} {'check wall':>11s} {'check cpu':>10s}")
+    for lesson in find_lessons():
+        if wanted and lesson.id not in wanted:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "lesson.py"
+            path.write_text(fill_solutions(lesson))
+            script = timed([sys.executable, str(path)], Path(tmp), env)
+            check = timed([sys.executable, "-m", "minimech.cli", "check", lesson.id, "--file", str(path)], Path(tmp),
+                          env)
+        flag = "" if script[2] == check[2] == 0 else "  (failed)"
+        print(f"{lesson.name:28s} {script[0]:11.1f}s {script[1]:10.1f}s {check[0]:10.1f}s {check[1]:9.1f}s{flag}")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
