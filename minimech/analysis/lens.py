@@ -169,7 +169,7 @@ def positions_per_chunk(model, n_points: int) -> int:
 def final_points(model, tokens: torch.Tensor, batch_size: int | None = None, progress: bool = False):
     """The lens points of every position, [n_layers + 1, rows * pos, d_model] (L0_pre .. final), FORWARD_TOKENS tokens
     (or batch_size rows) a forward, without the logits (return_type=None): what lens_kl and the tuned lens read."""
-    from tqdm import tqdm
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     n = model.cfg.n_layers
     wanted = {f"blocks.{l}.hook_resid_pre" for l in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
@@ -199,7 +199,7 @@ def lens_kl(model, tokens, lens=None, batch_size: int | None = None, progress: b
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if lens is not None:
         lens.check_model(model)
-    from tqdm import tqdm
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     n_points = model.cfg.n_layers + 1
     rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])
