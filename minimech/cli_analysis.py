@@ -20,7 +20,7 @@ MODEL_FLAG = ("--model",)
 
 def progress_bar(total: int, desc: str):
     """A tqdm bar on stderr for work that may take more than a few seconds (GPT-2-sized models)."""
-    from tqdm import tqdm
+    from .notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 

@@ -47,7 +47,7 @@ def download(url: str, target, *, size: int | None = None, sha256: str | None = 
     The finished file is checked against `size` and `sha256` (when given) before it is renamed into place: a file that
     fails is deleted and ChecksumError raised, so a bad file never sits where load() would find it.
     """
-    from tqdm import tqdm
+    from .notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     target = Path(target)
     part = target.with_name(target.name + ".part")

@@ -22,6 +22,12 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 NameFilter = "str | Iterable[str] | Callable[[str], bool] | None"
 
 
+# TransformerLens's optional hook points and the switch that adds each (tl_compat.py)
+OPTIONAL_HOOKS = {"hook_attn_in": "set_use_attn_in", "hook_q_input": "set_use_split_qkv_input",
+                  "hook_k_input": "set_use_split_qkv_input", "hook_v_input": "set_use_split_qkv_input",
+                  "hook_mlp_in": "set_use_hook_mlp_in"}
+
+
 class UnknownHookError(MinimechError, KeyError):
     def __str__(self):  # KeyError would quote the message; show it as a sentence
         return self.args[0]
@@ -130,6 +136,9 @@ class HookedModule(nn.Module):
             if name not in self.hook_dict:
                 close = difflib.get_close_matches(name, self.hook_dict, n=3, cutoff=0.5)
                 hint = f"; did you mean {', '.join(close)}?" if close else "; see model.hook_names for all"
+                switch = next((f for suffix, f in OPTIONAL_HOOKS.items() if name.endswith(suffix)), None)
+                if switch:  # one of TransformerLens's optional input hooks, not switched on
+                    hint = f": it exists after model.{switch}(True), as in TransformerLens"
                 raise UnknownHookError(f"no hook point named {name!r} in this model{hint}")
             resolved.append(name)
         return resolved

@@ -93,7 +93,8 @@ class TransformerLensMixin:
             raise MinimechError("this model has no tokenizer: pass token ids, or build it with a Tokenizer")
         return self.tokenizer
 
-    def to_tokens(self, text, prepend_bos: bool = True, return_mask: bool = False):
+    def to_tokens(self, text, prepend_bos: bool | None = True, return_mask: bool = False):
+        prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos  # None: as TL, the default
         tokens, mask = self._tok().to_tokens(text, prepend_bos=prepend_bos, max_len=self.cfg.n_ctx, return_mask=True)
         unk = getattr(self.tokenizer, "unk_id", None)
         if unk is not None and bool((tokens == unk).any()):  # a word the compact vocabulary never saw: say so
@@ -101,7 +102,8 @@ class TransformerLensMixin:
                           "vocabulary and read as <unk>: model.to_str_tokens(prompt) shows which", stacklevel=2)
         return (tokens, mask) if return_mask else tokens
 
-    def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
+    def to_str_tokens(self, x, prepend_bos: bool | None = True) -> list:
+        prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         return self._tok().to_str_tokens(x, prepend_bos=prepend_bos)
 
     def to_string(self, tokens):

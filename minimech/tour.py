@@ -76,7 +76,7 @@ def induction_section(tour: Tour, model, name: str, out: Path) -> None:
 
 
 def run_tour(out_dir: str | Path = "minimech-out", progress: bool = False) -> Tour:
-    from tqdm import tqdm
+    from .notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -61,3 +61,21 @@ def test_patch_uses_an_ioi_pair_and_prints_patch_heads(tmp_path, capsys):
     assert (tmp_path / "p_resid.png").exists() and (tmp_path / "p_heads.png").exists()
     assert main(["patch", "--clean", PROMPT]) == 1  # a partial pair is refused
     assert "--corrupt" in capsys.readouterr().err
+
+
+def test_lens_file_is_the_tuned_lens_and_refuses_another_models(tmp_path, capsys):
+    """--lens-file FILE reads a lens saved anywhere (as `minimech tuned-lens MODEL --out FILE` writes it): the same
+    table as --tuned for the lens shipped beside the model; another model's lens is one clear error."""
+    from minimech.analysis.tuned_lens import tuned_lens_path
+
+    model = minimech.load("attn-only-2l")
+    shipped = tuned_lens_path(model)
+    assert main(["lens", PROMPT, "--model", "attn-only-2l", "--tuned", "--out", str(tmp_path / "a.png")]) == 0
+    tuned = capsys.readouterr().out
+    assert main(["lens", PROMPT, "--model", "attn-only-2l", "--lens-file", str(shipped),
+                 "--out", str(tmp_path / "b.png")]) == 0
+    from_file = capsys.readouterr().out
+    assert "tuned lens at the last position" in tuned and tuned.split("wrote")[0] == from_file.split("wrote")[0]
+    assert main(["lens", PROMPT, "--lens-file", str(shipped), "--out", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err
+    assert "minimech: error:" in err and ("train one" in err or "other weights" in err)

@@ -62,6 +62,8 @@ def test_optional_input_hooks_appear_with_the_table_shapes_and_leave_the_logits_
     for switch in (odd_model.set_use_attn_in, odd_model.set_use_split_qkv_input, odd_model.set_use_hook_mlp_in):
         switch(False)
     assert set(odd_model.hook_names) == expected_hook_names(ODD)
+    with pytest.raises(minimech.MinimechError, match=r"exists after model.set_use_split_qkv_input\(True\)"):
+        odd_model.run_with_cache(tokens, names="blocks.0.hook_k_input")
 
 
 def test_hook_names_equal_attribute_paths(odd_model):

@@ -156,7 +156,7 @@ def logit_lens(model, tokens, pos: int | None = -1, k: int = 5, ln: str = "recom
 # Memory bounds, so that GPT-2-sized models (d_vocab 50,257, n_ctx 1,024) run in a few GB: one chunk of lens log-probs
 # [n_points, positions, d_vocab] holds at most LOGITS_BYTES (a step keeps about four such tensors), and one forward
 # pass runs at most FORWARD_TOKENS tokens.
-LOGITS_BYTES = 256 * 2**20
+LOGITS_BYTES = 128 * 2**20
 FORWARD_TOKENS = 4096
 
 
@@ -169,16 +169,21 @@ def positions_per_chunk(model, n_points: int) -> int:
 def final_points(model, tokens: torch.Tensor, batch_size: int | None = None, progress: bool = False):
     """The lens points of every position, [n_layers + 1, rows * pos, d_model] (L0_pre .. final), FORWARD_TOKENS tokens
     (or batch_size rows) a forward, without the logits (return_type=None): what lens_kl and the tuned lens read."""
-    from tqdm import tqdm
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     n = model.cfg.n_layers
     wanted = {f"blocks.{l}.hook_resid_pre" for l in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
     rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])
-    chunks = []
+    points = None  # filled in place: a list of chunks and their concatenation would hold everything twice
+    done = 0
     for part in tqdm(tokens.split(rows), desc="residual streams", disable=not progress, leave=False):
         _, cache = model.run_with_cache(part, names=lambda name: name in wanted, return_type=None)
-        chunks.append(cache.accumulated_resid().tensor.flatten(1, 2))  # [n_points, rows * pos, d_model]
-    return torch.cat(chunks, dim=1)
+        chunk = cache.accumulated_resid().tensor.flatten(1, 2)  # [n_points, rows * pos, d_model]
+        if points is None:
+            points = chunk.new_empty(chunk.shape[0], tokens.numel(), chunk.shape[-1])
+        points[:, done:done + chunk.shape[1]] = chunk
+        done += chunk.shape[1]
+    return points
 
 
 @torch.no_grad()
@@ -194,7 +199,7 @@ def lens_kl(model, tokens, lens=None, batch_size: int | None = None, progress: b
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if lens is not None:
         lens.check_model(model)
-    from tqdm import tqdm
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     n_points = model.cfg.n_layers + 1
     rows = batch_size or max(1, FORWARD_TOKENS // tokens.shape[1])

@@ -269,7 +269,7 @@ def _kl_figures(model, lens: TunedLens, train: torch.Tensor, heldout: torch.Tens
 def _fit(model, lens: TunedLens, points: torch.Tensor, steps: int, lr: float, weight_decay: float, batch_size: int,
          seed: int, progress: bool) -> None:
     """AdamW on the lens's translators, batch_size positions of points [n_points, n, d_model] a step."""
-    from tqdm import tqdm
+    from ..notebook import tqdm  # a widget in Jupyter, text elsewhere
 
     optimizer = torch.optim.AdamW(lens.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)  # linear decay to 0
