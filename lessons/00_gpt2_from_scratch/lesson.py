@@ -29,6 +29,7 @@ import torch
 
 import minimech
 from minimech import plot
+from minimech.published import identify_gpt2  # not minimech.loading: this lesson has you write the loader
 from minimech.notebook import show
 
 MAIN = __name__ == "__main__"
@@ -482,8 +483,9 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> float:
 
 if MAIN:
     with demo("GPT-2 small's figures"):
-        if args.model != "gpt2":
-            print(f"   skipped: this run uses {args.model!r}; the figures are GPT-2 small's. Run with --model gpt2 "
+        identity = identify_gpt2(model)  # decided by the weights (config + manifest sha256), not the name given
+        if not identity.is_gpt2_small:
+            print(f"   skipped: {identity.reason}; the figures are GPT-2 small's. Run with --model gpt2 "
                   "once its weights are here (minimech fetch gpt2)")
         else:
             from pathlib import Path

@@ -42,7 +42,7 @@ import torch
 import minimech
 import minimech.analysis  # the toolkit: its versions of this lesson's exercises, "in practice", after each one
 from minimech import plot
-from minimech.loading import WeightsNotFoundError
+from minimech.loading import WeightsNotFoundError, is_gpt2_small
 from minimech.notebook import show
 
 MAIN = __name__ == "__main__"
@@ -75,7 +75,7 @@ if MAIN:
         print(f"GPT-2 checks skipped: no weights for {args.model!r} here ({str(error)[:160]}...); "
               f"running on {DEFAULT_MODEL} instead")
         model = minimech.load(DEFAULT_MODEL)
-    IS_GPT2 = model.cfg.n_layers == 12 and model.cfg.d_model == 768 and model.cfg.d_vocab == 50257
+    IS_GPT2 = is_gpt2_small(model)  # by its weights (config + the manifest's sha256), whatever name loaded it
     if model.cfg.d_model <= 128:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
     print(model)
@@ -244,7 +244,8 @@ if MAIN:
         rows, cols = head_labels(model)
         for kind, values in scores.items():
             show(plot.heatmap(values, rows, cols, OUT / f"02_{kind}_scores.png", title=f"{kind} score", cmap="Blues",
-                              center=None))
+                              center=None, xlabel="head", ylabel="layer",
+                              cbar_label=f"{kind} score (mean attention, 0..1)"))
             print(f"   {kind:14s} " + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l in range(model.cfg.n_layers)
                                                 for h in range(model.cfg.n_heads)))
         n_heads = model.cfg.n_heads
@@ -363,8 +364,10 @@ if MAIN:
                      for i, a in enumerate(senders) for j, b in enumerate(receivers)]
             print(f"   {kind}-composition: " + ", ".join(cells))
             show(plot.heatmap(table, senders, receivers, OUT / f"02_{kind.lower()}_composition.png",
-                              title=f"{kind}-composition (rows: senders, columns: receivers)", cmap="Blues",
-                              center=None))
+                              title=f"{kind}-composition", cmap="Blues", center=None,
+                              xlabel=f"receiver (a head of layer {receiver_layer})",
+                              ylabel=f"sender (a head of layer {prev_head[0]})",
+                              cbar_label="composition score (ratio of Frobenius norms)"))
 
 # %% [markdown]
 # Read the numbers against the baseline, not against each other. A pair many standard deviations above the random
