@@ -8,6 +8,8 @@ have caught it).
 - Lesson 05 reproduces Elhage et al.'s regimes with its own training settings (the reference solutions, run here):
   PCA-like dense models, antipodal pairs, the pentagon, dimensions per feature near 1/2, and the three phases of
   the n = 2, m = 1 model.
+- Lesson 04's causal trace windows MLPs and attention only, as its text says (and ROME does): a text-faithful
+  solution passes 04.6 whatever the seed, and the toolkit's residual-stream trace ignores the window.
 """
 
 import importlib.util
@@ -156,3 +158,24 @@ def test_lesson_05_two_features_in_one_dimension_show_three_phases(toy):
     importance = torch.stack([torch.ones_like(relative), relative], -1)
     models = _best(toy, toy.train_toy_models(density, importance, 1, steps=2000, batch_size=128, seed=2), inits)
     assert [toy.phase_of(W) for W in models] == [phase for _, _, phase in cells], models
+
+
+def test_lesson_04_trace_window_is_seed_independent_for_a_text_faithful_solution(tmp_path):
+    """04.6's text: MLPs and attention are windowed, the residual stream never. The reference agrees, so the
+    solution (which follows the text) passes with every seed, including the cases that window the stream."""
+    lesson = read_lesson(LESSONS / "04_mlp_memories_factual_recall")
+    filled = tmp_path / "lesson.py"
+    filled.write_text(fill_solutions(lesson))
+    for seed in (1, 3, 4):
+        report = run_checks(lesson, filled, exercises=["04.6"], seed=seed, isolate=False)
+        assert report.exercises[0].status == "pass", (seed, report.exercises[0].message)
+
+
+def test_causal_trace_never_windows_the_residual_stream():
+    from minimech.analysis import causal_trace
+
+    model = minimech.load("mini-4l")
+    one = causal_trace(model, "France's capital is", " Paris", "France", samples=2, kinds=("resid", "mlp"))
+    three = causal_trace(model, "France's capital is", " Paris", "France", samples=2, kinds=("resid", "mlp"), window=3)
+    assert torch.equal(one.scores["resid"], three.scores["resid"])
+    assert not torch.allclose(one.scores["mlp"], three.scores["mlp"])  # the window does act on the MLPs
