@@ -8,6 +8,7 @@ have caught it).
 - Lesson 05 reproduces Elhage et al.'s regimes with its own training settings (the reference solutions, run here):
   PCA-like dense models, antipodal pairs, the pentagon, dimensions per feature near 1/2, and the three phases of
   the n = 2, m = 1 model.
+- A wrong 06.1 (means over the run itself, not the reference prompts) fails 06.2 too, which names 06.1.
 - Lesson 04's causal trace windows MLPs and attention only, as its text says (and ROME does): a text-faithful
   solution passes 04.6 whatever the seed, and the toolkit's residual-stream trace ignores the window.
 """
@@ -179,3 +180,20 @@ def test_causal_trace_never_windows_the_residual_stream():
     three = causal_trace(model, "France's capital is", " Paris", "France", samples=2, kinds=("resid", "mlp"), window=3)
     assert torch.equal(one.scores["resid"], three.scores["resid"])
     assert not torch.allclose(one.scores["mlp"], three.scores["mlp"])  # the window does act on the MLPs
+
+
+def test_a_wrong_mean_ablation_fails_the_damage_table_and_is_named(tmp_path):
+    """06.2 calls the learner's 06.1; a 06.1 that ignores its reference prompts used to pass 06.2 (whose means came
+    from the behaviour's own tokens). Now each behaviour brings its own reference prompts."""
+    lesson = read_lesson(LESSONS / "06_targeted_interventions")
+    filled = tmp_path / "lesson.py"
+    filled.write_text(fill_solutions(lesson))
+    spec = importlib.util.spec_from_file_location("bugs_06", LESSONS / "06_targeted_interventions" / "bugs.py")
+    bugs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bugs)
+    report = run_checks(lesson, filled, exercises=["06.1", "06.2"], seed=2, isolate=False,
+                        overrides={"mean_ablated_logits": bugs.ablate_means_of_the_run_itself})
+    results = {e.id: e for e in report.exercises}
+    assert results["06.1"].status == "fail" and "reference_tokens" in results["06.1"].message
+    assert results["06.2"].status != "pass"
+    assert results["06.2"].message.startswith("your 06.1 (mean_ablated_logits) fails"), results["06.2"].message
