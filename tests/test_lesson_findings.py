@@ -8,6 +8,7 @@ have caught it).
 - Lesson 05 reproduces Elhage et al.'s regimes with its own training settings (the reference solutions, run here):
   PCA-like dense models, antipodal pairs, the pentagon, dimensions per feature near 1/2, and the three phases of
   the n = 2, m = 1 model.
+- Lesson 03 names positions, not only tokens: a name written as S1 and S2 gets two labels that say which is which.
 - A wrong 06.1 (means over the run itself, not the reference prompts) fails 06.2 too, which names 06.1.
 - Lesson 04's causal trace windows MLPs and attention only, as its text says (and ROME does): a text-faithful
   solution passes 04.6 whatever the seed, and the toolkit's residual-stream trace ignores the window.
@@ -197,3 +198,17 @@ def test_a_wrong_mean_ablation_fails_the_damage_table_and_is_named(tmp_path):
     assert results["06.1"].status == "fail" and "reference_tokens" in results["06.1"].message
     assert results["06.2"].status != "pass"
     assert results["06.2"].message.startswith("your 06.1 (mean_ablated_logits) fails"), results["06.2"].message
+
+
+def test_lesson_03_labels_a_repeated_name_by_position_and_role():
+    """The sweep printed "strongest at ' Catherine'" where Catherine was both S1 and S2: labels now carry the
+    position and the role, so every column is unambiguous."""
+    spec = importlib.util.spec_from_file_location("lesson_03", LESSONS / "03_indirect_object_identification" /
+                                                  "lesson.py")
+    lesson = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson)  # MAIN is False: only the definitions run
+    tokens = ["<|endoftext|>", "When", " Louis", " and", " Catherine", " went", ",", " Catherine", " gave", " to"]
+    labels = lesson.position_labels(tokens, {2: "IO", 4: "S1", 7: "S2", 9: "END"})
+    assert len(set(labels)) == len(labels)
+    assert labels[4] != labels[7] and "S1" in labels[4] and "S2" in labels[7]
+    assert all(label.split()[0] == str(p) for p, label in enumerate(labels))
