@@ -8,6 +8,7 @@ have caught it).
 - Lesson 05 reproduces Elhage et al.'s regimes with its own training settings (the reference solutions, run here):
   PCA-like dense models, antipodal pairs, the pentagon, dimensions per feature near 1/2, and the three phases of
   the n = 2, m = 1 model.
+- The top-level README's tour paragraph states the IOI figures `minimech tour` prints for the default model.
 - Lesson 03 names positions, not only tokens: a name written as S1 and S2 gets two labels that say which is which.
 - A wrong 06.1 (means over the run itself, not the reference prompts) fails 06.2 too, which names 06.1.
 - Lesson 04's causal trace windows MLPs and attention only, as its text says (and ROME does): a text-faithful
@@ -212,3 +213,24 @@ def test_lesson_03_labels_a_repeated_name_by_position_and_role():
     assert len(set(labels)) == len(labels)
     assert labels[4] != labels[7] and "S1" in labels[4] and "S2" in labels[7]
     assert all(label.split()[0] == str(p) for p, label in enumerate(labels))
+
+
+def test_readme_states_the_ioi_figures_the_tour_prints():
+    """The README said 10.8, 5.4 and 98 % where the tour printed 10.51, 5.32 and 99 %. Recompute the tour's IOI lines
+    (minimech/tour.py's data and metric) and find them, as printed, in the README's tour paragraph."""
+    from minimech.training.corpus import Corpus
+    from minimech.training.evaluate import ioi_metrics
+
+    readme = (LESSONS.parent / "README.md").read_text()
+    paragraph = readme[readme.index("`minimech tour` (under a minute"):].split("\n\n")[0].replace("\n", " ")
+    named = re.search(r"default model, `([\w-]+)`", paragraph)
+    assert named, "the tour paragraph should name the default model its figures are for"
+    from minimech.loading import weights_dir
+
+    assert named.group(1) == (weights_dir() / "DEFAULT").read_text().strip(), "the tour runs on weights/DEFAULT"
+    model = minimech.load()
+    corpus = Corpus(seed=model.card.get("corpus", {}).get("seed", 0))
+    for names in ("train", "heldout"):
+        m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
+        diff, accuracy = f"{m['ioi_logit_diff']:.2f}", f"{m['ioi_accuracy']:.0%}".replace("%", " %")
+        assert diff in paragraph and accuracy in paragraph, (names, diff, accuracy, paragraph)
