@@ -81,7 +81,7 @@ def forms_off_by_one(log_probs):
     return S.prediction_forms_at(log_probs) - 1  # the last point that disagreed
 
 
-# ---- 01.5 lens_kl ------------------------------------------------------------------------------------------------------
+# ---- 01.5 lens_kl ----------------------------------------------------------------------------------------------------
 
 def kl_reversed(log_probs):
     return (log_probs.exp() * (log_probs - log_probs[-1:])).sum(-1)  # KL(point || final)

@@ -376,7 +376,7 @@ def forms_compare(got, want, case) -> str | None:
     return msg
 
 
-# ---- 01.5 the lens's KL from the final distribution -------------------------------------------------------------------
+# ---- 01.5 the lens's KL from the final distribution ------------------------------------------------------------------
 
 def kl_cases(ctx) -> list[Case]:
     gen = _gen(ctx, 6)

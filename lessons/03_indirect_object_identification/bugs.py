@@ -191,7 +191,7 @@ def faith_means_of_clean_prompts(model, tokens, reference_tokens, io_tokens, s_t
     return _faith(model, tokens, tokens, io_tokens, s_tokens, circuit)
 
 
-# ---- 03.6 role_attention ----------------------------------------------------------------------------------------------
+# ---- 03.6 role_attention ---------------------------------------------------------------------------------------------
 
 def _roles(model, tokens, query_pos, key_pos, swap=False, cross=False):
     _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
@@ -230,7 +230,7 @@ def control_replaces_s1(model, tokens, s2_pos, end_pos, replacement):
     return _control(model, tokens, s2_pos, end_pos, replacement, at=first)
 
 
-# ---- 03.8 path_patch_to_queries ---------------------------------------------------------------------------------------
+# ---- 03.8 path_patch_to_queries --------------------------------------------------------------------------------------
 
 def _queries(model, clean, corrupt, io, s, sender, receivers, end_pos, freeze=True, where="end", kind="q"):
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
@@ -275,7 +275,7 @@ def queries_patches_keys(model, clean_tokens, corrupt_tokens, io_tokens, s_token
     return _queries(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos, kind="k")
 
 
-# ---- 03.9 name_copying_ranks ------------------------------------------------------------------------------------------
+# ---- 03.9 name_copying_ranks -----------------------------------------------------------------------------------------
 
 def _copy_ranks(model, cache, layer, head, io_pos, io_tokens, name_tokens, ln=True, embed=False, vocab=False):
     rows = _rows(len(io_pos))

@@ -509,7 +509,7 @@ def role_compare(got, want, case) -> str | None:
     return _diagnosed(got, want, variants, 1e-5, 1e-4, "your attention table", match_tol=1e-4)
 
 
-# ---- 03.7 the S-inhibition control ------------------------------------------------------------------------------------
+# ---- 03.7 the S-inhibition control -----------------------------------------------------------------------------------
 
 def control_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 8), []
@@ -665,7 +665,7 @@ def _queries_whole_layer(*args) -> float:
     return _queries_run(*args, freeze=True, whole_layer=True)
 
 
-# ---- 03.9 do the name movers copy names? ------------------------------------------------------------------------------
+# ---- 03.9 do the name movers copy names? -----------------------------------------------------------------------------
 
 def copy_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 10), []
@@ -734,7 +734,8 @@ def copy_compare(got, want, case) -> str | None:
         (lambda: _ranks(logits(ln=False), io, names), "you left out ln1: the head reads ln1(resid_pre), not the raw "
                                                       "stream"),
         (lambda: _ranks(logits(source="embed", at=io), io, names),
-         "you read the IO's raw token embedding: use the stream the head reads at io_pos, blocks.{layer}.hook_resid_pre"),
+         "you read the IO's raw token embedding: use the stream the head reads at io_pos, "
+         "blocks.{layer}.hook_resid_pre"),
         (lambda: _ranks(logits(bias=False), io, names), "you left out b_V: the value is ln1(x) @ W_V + b_V"),
         (lambda: (logits()[rows] > logits()[rows, io][:, None]).sum(-1),
          "you ranked the IO among the whole vocabulary: rank it among name_tokens only"),

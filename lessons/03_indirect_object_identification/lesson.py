@@ -572,7 +572,7 @@ def circuit_faithfulness_ratio(model, tokens: torch.Tensor, reference_tokens: to
                                s_tokens: torch.Tensor, circuit: list) -> float:
     """Mean-ablate (per position, over reference_tokens) every head not in circuit: F(circuit) / F(model)."""
     # EXERCISE 03.10
-    raise NotImplementedError("EXERCISE 03.10: hook every hook_z: the mean over the reference for heads outside circuit")
+    raise NotImplementedError("EXERCISE 03.10: hook every hook_z: the reference mean for heads outside circuit")
 
 
 # %% [markdown]

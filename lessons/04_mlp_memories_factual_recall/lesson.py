@@ -300,7 +300,7 @@ def causal_trace_grid(model, tokens: torch.Tensor, subject_positions: list, answ
                       kind: str, window: int = 1) -> torch.Tensor:
     """-> [n_layers, pos]: mean P(answer) with the clean state restored at each (layer, position)."""
     # EXERCISE 04.6
-    raise NotImplementedError("EXERCISE 04.6: restored P(answer) for every layer (its window for mlp/attn) and position")
+    raise NotImplementedError("EXERCISE 04.6: restored P(answer) for every layer (window: mlp/attn) and position")
 
 
 # %% [markdown]

@@ -485,7 +485,7 @@ def sweep_compare(got, want, case) -> str | None:
     return _diagnosed(got, want, variants, 1e-3, 1e-3, "your sweep", match_tol=5e-3)
 
 
-# ---- 06.6 the keys' second moment -------------------------------------------------------------------------------------
+# ---- 06.6 the keys' second moment ------------------------------------------------------------------------------------
 
 def moment_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 16), []

@@ -447,7 +447,8 @@ if MAIN:
     with demo("06.6 the keys' second moment"):
         second_moment = key_second_moment(model, layer, text_tokens, text_mask)  # [d_mlp, d_mlp]
         cov = second_moment + 1e-3 * second_moment.diagonal().mean() * torch.eye(len(key))  # a ridge: C inverts
-        print(f"   {int(text_mask.sum())} keys; max |yours + ridge - key_covariance| = {(cov - toolkit_cov).abs().max():.2e}")
+        difference = (cov - toolkit_cov).abs().max()
+        print(f"   {int(text_mask.sum())} keys; max |yours + ridge - key_covariance| = {difference:.2e}")
 
 # %% [markdown]
 # ## Exercise 06.7: The new value v*
@@ -470,7 +471,7 @@ def value_delta(model, tokens: torch.Tensor, subject_pos: int, layer: int, targe
                 lr: float = 0.5, max_norm: float = 10.0) -> torch.Tensor:
     """-> [d_model]: delta added to hook_mlp_out of `layer` at subject_pos, trained to make target the answer."""
     # EXERCISE 06.7
-    raise NotImplementedError("EXERCISE 06.7: Adam on -log P(target) with a hook adding delta; clip |delta| to max_norm")
+    raise NotImplementedError("EXERCISE 06.7: Adam on -log P(target), a hook adding delta; clip |delta| to max_norm")
 
 
 # %%
