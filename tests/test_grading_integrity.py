@@ -44,6 +44,10 @@ def test_gc_walks_are_refused_by_the_syntax_tree_not_by_comments(lesson, tmp_pat
     uses = "import gc as g\nfind = getattr(g, 'get_objects')\n" + fill_solutions(lesson)
     results = grade(lesson, tmp_path, uses)
     assert all(e.status == "forbidden import" and "gc.get_objects" in e.message for e in results.values())
+    starred = 'MARK = "*"  # a plain string, as in a plot label\n' + fill_solutions(lesson)
+    assert all(e.status == "pass" for e in grade(lesson, tmp_path, starred).values())
+    star_import = "from gc import *\n" + fill_solutions(lesson)
+    assert all(e.status == "forbidden import" for e in grade(lesson, tmp_path, star_import).values())
 
 
 @pytest.mark.parametrize("body", ["return torch.nn.functional.softmax(x, dim)",

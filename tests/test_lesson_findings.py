@@ -8,6 +8,11 @@ have caught it).
 - Lesson 05 reproduces Elhage et al.'s regimes with its own training settings (the reference solutions, run here):
   PCA-like dense models, antipodal pairs, the pentagon, dimensions per feature near 1/2, and the three phases of
   the n = 2, m = 1 model.
+- The top-level README's tour paragraph states the IOI figures `minimech tour` prints for the default model.
+- Lesson 03 names positions, not only tokens: a name written as S1 and S2 gets two labels that say which is which.
+- A wrong 06.1 (means over the run itself, not the reference prompts) fails 06.2 too, which names 06.1.
+- Lesson 04's causal trace windows MLPs and attention only, as its text says (and ROME does): a text-faithful
+  solution passes 04.6 whatever the seed, and the toolkit's residual-stream trace ignores the window.
 """
 
 import importlib.util
@@ -156,3 +161,76 @@ def test_lesson_05_two_features_in_one_dimension_show_three_phases(toy):
     importance = torch.stack([torch.ones_like(relative), relative], -1)
     models = _best(toy, toy.train_toy_models(density, importance, 1, steps=2000, batch_size=128, seed=2), inits)
     assert [toy.phase_of(W) for W in models] == [phase for _, _, phase in cells], models
+
+
+def test_lesson_04_trace_window_is_seed_independent_for_a_text_faithful_solution(tmp_path):
+    """04.6's text: MLPs and attention are windowed, the residual stream never. The reference agrees, so the
+    solution (which follows the text) passes with every seed, including the cases that window the stream."""
+    lesson = read_lesson(LESSONS / "04_mlp_memories_factual_recall")
+    filled = tmp_path / "lesson.py"
+    filled.write_text(fill_solutions(lesson))
+    for seed in (1, 3, 4):
+        report = run_checks(lesson, filled, exercises=["04.6"], seed=seed, isolate=False)
+        assert report.exercises[0].status == "pass", (seed, report.exercises[0].message)
+
+
+def test_causal_trace_never_windows_the_residual_stream():
+    from minimech.analysis import causal_trace
+
+    model = minimech.load("mini-4l")
+    one = causal_trace(model, "France's capital is", " Paris", "France", samples=2, kinds=("resid", "mlp"))
+    three = causal_trace(model, "France's capital is", " Paris", "France", samples=2, kinds=("resid", "mlp"), window=3)
+    assert torch.equal(one.scores["resid"], three.scores["resid"])
+    assert not torch.allclose(one.scores["mlp"], three.scores["mlp"])  # the window does act on the MLPs
+
+
+def test_a_wrong_mean_ablation_fails_the_damage_table_and_is_named(tmp_path):
+    """06.2 calls the learner's 06.1; a 06.1 that ignores its reference prompts used to pass 06.2 (whose means came
+    from the behaviour's own tokens). Now each behaviour brings its own reference prompts."""
+    lesson = read_lesson(LESSONS / "06_targeted_interventions")
+    filled = tmp_path / "lesson.py"
+    filled.write_text(fill_solutions(lesson))
+    spec = importlib.util.spec_from_file_location("bugs_06", LESSONS / "06_targeted_interventions" / "bugs.py")
+    bugs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bugs)
+    report = run_checks(lesson, filled, exercises=["06.1", "06.2"], seed=2, isolate=False,
+                        overrides={"mean_ablated_logits": bugs.ablate_means_of_the_run_itself})
+    results = {e.id: e for e in report.exercises}
+    assert results["06.1"].status == "fail" and "reference_tokens" in results["06.1"].message
+    assert results["06.2"].status != "pass"
+    assert results["06.2"].message.startswith("your 06.1 (mean_ablated_logits) fails"), results["06.2"].message
+
+
+def test_lesson_03_labels_a_repeated_name_by_position_and_role():
+    """The sweep printed "strongest at ' Catherine'" where Catherine was both S1 and S2: labels now carry the
+    position and the role, so every column is unambiguous."""
+    spec = importlib.util.spec_from_file_location("lesson_03", LESSONS / "03_indirect_object_identification" /
+                                                  "lesson.py")
+    lesson = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson)  # MAIN is False: only the definitions run
+    tokens = ["<|endoftext|>", "When", " Louis", " and", " Catherine", " went", ",", " Catherine", " gave", " to"]
+    labels = lesson.position_labels(tokens, {2: "IO", 4: "S1", 7: "S2", 9: "END"})
+    assert len(set(labels)) == len(labels)
+    assert labels[4] != labels[7] and "S1" in labels[4] and "S2" in labels[7]
+    assert all(label.split()[0] == str(p) for p, label in enumerate(labels))
+
+
+def test_readme_states_the_ioi_figures_the_tour_prints():
+    """The README said 10.8, 5.4 and 98 % where the tour printed 10.51, 5.32 and 99 %. Recompute the tour's IOI lines
+    (minimech/tour.py's data and metric) and find them, as printed, in the README's tour paragraph."""
+    from minimech.training.corpus import Corpus
+    from minimech.training.evaluate import ioi_metrics
+
+    readme = (LESSONS.parent / "README.md").read_text()
+    paragraph = readme[readme.index("`minimech tour` (under a minute"):].split("\n\n")[0].replace("\n", " ")
+    named = re.search(r"default model, `([\w-]+)`", paragraph)
+    assert named, "the tour paragraph should name the default model its figures are for"
+    from minimech.loading import weights_dir
+
+    assert named.group(1) == (weights_dir() / "DEFAULT").read_text().strip(), "the tour runs on weights/DEFAULT"
+    model = minimech.load()
+    corpus = Corpus(seed=model.card.get("corpus", {}).get("seed", 0))
+    for names in ("train", "heldout"):
+        m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
+        diff, accuracy = f"{m['ioi_logit_diff']:.2f}", f"{m['ioi_accuracy']:.0%}".replace("%", " %")
+        assert diff in paragraph and accuracy in paragraph, (names, diff, accuracy, paragraph)

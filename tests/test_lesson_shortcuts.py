@@ -36,7 +36,7 @@ SHORTCUTS = {
     "03": ("03.1", "metrics = [toolkit_logit_diff(i, s, pos=int(p)) for i, s, p in zip(io_tokens, s_tokens, end_pos)]\n"
                    "return torch.stack([m(logits[i:i + 1]) for i, m in enumerate(metrics)])"),
     "04": ("04.1", "return memory_logits((layer, index), model).logits"),
-    "06": ("06.5", "return toolkit_rank_one_update(key, value - key @ W, cov)"),
+    "06": ("06.8", "return toolkit_rank_one_update(key, value - key @ W, cov)"),
 }
 
 

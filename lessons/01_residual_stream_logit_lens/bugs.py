@@ -81,7 +81,21 @@ def forms_off_by_one(log_probs):
     return S.prediction_forms_at(log_probs) - 1  # the last point that disagreed
 
 
-# ---- 01.5 head_logit_attribution ----------------------------------------------------------------------------------
+# ---- 01.5 lens_kl ----------------------------------------------------------------------------------------------------
+
+def kl_reversed(log_probs):
+    return (log_probs.exp() * (log_probs - log_probs[-1:])).sum(-1)  # KL(point || final)
+
+
+def kl_mean_over_vocab(log_probs):
+    return (log_probs[-1:].exp() * (log_probs[-1:] - log_probs)).mean(-1)
+
+
+def kl_against_first_point(log_probs):
+    return (log_probs[:1].exp() * (log_probs[:1] - log_probs)).sum(-1)
+
+
+# ---- 01.6 head_logit_attribution ----------------------------------------------------------------------------------
 
 def _dla(model, cache, correct, wrong, pos, scaled=True, diff=True):
     W_U, ln = model.W_U.detach(), model.ln_final
@@ -109,6 +123,23 @@ def dla_flipped_sign(model, cache, correct, wrong, pos=-1):
     return -_dla(model, cache, correct, wrong, pos)
 
 
+# ---- 01.7 component_logit_attribution --------------------------------------------------------------------------------
+
+def components_without_biases(model, cache, correct, wrong, pos=-1):
+    out = S.component_logit_attribution(model, cache, correct, wrong, pos)
+    return {k: v for k, v in out.items() if k not in ("ln_final.b", "b_U")}  # the two leftover terms forgotten
+
+
+def components_unscaled(model, cache, correct, wrong, pos=-1):
+    out = S.component_logit_attribution(model, cache, correct, wrong, pos)
+    scale = cache["ln_final.hook_scale"][:, pos, 0]  # [batch]
+    return {k: v if k in ("ln_final.b", "b_U") else v * scale for k, v in out.items()}  # never divided by it
+
+
+def components_mean_over_prompts(model, cache, correct, wrong, pos=-1):
+    return {k: v.mean() for k, v in S.component_logit_attribution(model, cache, correct, wrong, pos).items()}
+
+
 BUGS = [
     Bug("01.1", stack_after_each_block, "already includes block 0"),
     Bug("01.1", stack_without_final, "n_layers + 1"),
@@ -120,7 +151,13 @@ BUGS = [
     Bug("01.3", lens_logits_not_log_probs, "you returned logits"),
     Bug("01.4", forms_first_top1, "stays"),
     Bug("01.4", forms_off_by_one, "off by one"),
-    Bug("01.5", dla_without_ln_scale, "scale"),
-    Bug("01.5", dla_correct_logit_only, "logit difference"),
-    Bug("01.5", dla_flipped_sign, "signs are flipped"),
+    Bug("01.5", kl_reversed, "KL(point || final)"),
+    Bug("01.5", kl_mean_over_vocab, "averaged over the vocabulary"),
+    Bug("01.5", kl_against_first_point, "first point"),
+    Bug("01.6", dla_without_ln_scale, "scale"),
+    Bug("01.6", dla_correct_logit_only, "logit difference"),
+    Bug("01.6", dla_flipped_sign, "signs are flipped"),
+    Bug("01.7", components_without_biases, "belong to no component"),
+    Bug("01.7", components_unscaled, "scale"),
+    Bug("01.7", components_mean_over_prompts, "one value per prompt"),
 ]

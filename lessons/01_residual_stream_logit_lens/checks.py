@@ -376,7 +376,50 @@ def forms_compare(got, want, case) -> str | None:
     return msg
 
 
-# ---- 01.5 direct logit attribution of heads -----------------------------------------------------------------------
+# ---- 01.5 the lens's KL from the final distribution ------------------------------------------------------------------
+
+def kl_cases(ctx) -> list[Case]:
+    gen = _gen(ctx, 6)
+    cases = []
+    for n, b, v, sharp in ((4, 3, 11, 1.0), (6, 2, 50, 4.0)):
+        logits = torch.randn(n, b, v, generator=gen) * sharp
+        cases.append(Case(dict(log_probs=logits.log_softmax(-1)), label=f"random log-probs [{n}, {b}, {v}]"))
+    model = ctx.model()
+    tokens, _, _ = _ioi_batch(model, gen, 3)
+    cases.append(Case(dict(log_probs=_model_lens(model, tokens)), weight=2.0,
+                      label=f"the logit lens of {_name(model)} on {tokens.shape[0]} IOI prompts"))
+    return cases
+
+
+def kl_reference(log_probs):
+    """A plain loop in float64 over points, prompts and the vocabulary."""
+    lp = log_probs.double()
+    n_points, batch, d_vocab = lp.shape
+    out = torch.zeros(n_points, batch, dtype=torch.float64)
+    for i in range(n_points):
+        for b in range(batch):
+            out[i, b] = sum(math.exp(lp[-1, b, v]) * (lp[-1, b, v] - lp[i, b, v]) for v in range(d_vocab))
+    return out.float()
+
+
+def kl_compare(got, want, case) -> str | None:
+    lp = case.args["log_probs"].double()
+    final = lp[-1:]
+    variants = [
+        (lambda: (lp.exp() * (lp - final)).sum(-1), "you computed KL(point || final): the divergence is from the "
+                                                    "final distribution, sum of P_final * (log P_final - log P_point)"),
+        (lambda: (final.exp() * (final - lp)).mean(-1), "you averaged over the vocabulary: KL sums over it"),
+        (lambda: (final - lp).sum(-1), "you left out the weights: each term is P_final(v) * (log P_final(v) - "
+                                       "log P_point(v))"),
+        (lambda: (lp[:1].exp() * (lp[:1] - lp)).sum(-1), "you compared with the first point: compare with the final "
+                                                         "point (the last), the model's own prediction"),
+        (lambda: (final * (final - lp)).sum(-1), "you weighted by log P_final: weight by P_final = exp(log P_final)"),
+    ]
+    shape = expect_shape(got, tuple(lp.shape[:2]), "lens_kl's output [n_points, batch]")
+    return shape or _diagnose(got, want, variants, 1e-4, 1e-4, "lens_kl's output")
+
+
+# ---- 01.6 direct logit attribution of heads -----------------------------------------------------------------------
 
 def dla_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 5), []
@@ -442,6 +485,71 @@ def dla_compare(got, want, case) -> str | None:
     return shape or _diagnose(got, want, variants, 1e-4, 1e-4, "head_logit_attribution's output")
 
 
+# ---- 01.7 every component's share -------------------------------------------------------------------------------
+
+def comp_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 7), []
+    model = ctx.model()
+    tokens, io, s = _ioi_batch(model, gen, 4)
+    cases.append(Case(dict(model=model, cache=_run(model, tokens), correct=io, wrong=s, pos=-1), weight=2.0,
+                      label=f"{_name(model)}, {tokens.shape[0]} IOI prompts, IO - S"))
+    for fixed in ({}, {"attn_only": True}):
+        cfg = _random_cfg(gen, n_layers=_int(gen, 1, 2), **fixed)
+        rand = _random_model(ctx, gen, **cfg)
+        batch = _int(gen, 1, 3)
+        tokens = torch.randint(0, cfg["d_vocab"], (batch, _int(gen, 3, cfg["n_ctx"])), generator=gen)
+        correct = torch.randint(0, cfg["d_vocab"], (batch,), generator=gen)
+        wrong = (correct + 1 + torch.randint(0, cfg["d_vocab"] - 1, (batch,), generator=gen)) % cfg["d_vocab"]
+        pos = _int(gen, 0, tokens.shape[1] - 1)
+        cases.append(Case(dict(model=rand, cache=_run(rand, tokens), correct=correct, wrong=wrong, pos=pos),
+                          label=f"{_describe(cfg)}; batch {batch}, pos {pos}"))
+    return cases
+
+
+def comp_reference(model, cache, correct, wrong, pos):
+    result = direct_logit_attribution(model, ActivationCache(cache, model), correct, wrong, pos=pos)
+    return {label: result.per_prompt[i] for i, label in enumerate(result.labels)}
+
+
+def comp_compare(got, want, case) -> str | None:
+    a = case.args
+    if not isinstance(got, dict):
+        return f"return a dict {{label: [batch]}}, got {type(got).__name__}"
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    if missing or extra:
+        hint = ""
+        if "ln_final.b" in missing or "b_U" in missing:
+            hint = (": the two terms that belong to no component are 'ln_final.b' (ln_final's bias dotted with the "
+                    "direction) and 'b_U' (b_U[correct] - b_U[wrong])")
+        return f"your labels differ: missing {missing[:4]}, unexpected {extra[:4]}{hint}"
+    pos, rows = a["pos"], torch.arange(len(a["correct"]))
+    model, cache = a["model"], a["cache"]
+    W_U = model.W_U.detach().double()
+    direction = W_U[:, a["correct"]] - W_U[:, a["wrong"]]  # [d_model, batch]
+    total = (cache["ln_final.hook_normalized"][:, pos].double() @ W_U + model.b_U.detach().double())
+    logit_diff = total[rows, a["correct"]] - total[rows, a["wrong"]]
+    for label, value in want.items():
+        problem = close(got[label], value, atol=1e-4, rtol=1e-4, what=f"your {label!r}")
+        if problem is None:
+            continue
+        mine = got[label].detach().double() if isinstance(got[label], torch.Tensor) else None
+        if label == "ln_final.b" and mine is not None and mine.shape == value.shape:
+            if torch.allclose(mine, torch.zeros_like(mine), atol=1e-6) and value.abs().max() > 1e-4:
+                return "your 'ln_final.b' is zero: it is ln_final.b (the bias, not rescaled) dotted with the direction"
+        if label not in ("ln_final.b", "b_U") and mine is not None and mine.shape == value.shape:
+            unscaled = value.double() * cache["ln_final.hook_scale"][:, pos, 0].double()
+            if torch.allclose(mine, unscaled, atol=1e-3, rtol=1e-3):
+                return (f"your {label!r} is not divided by the final LayerNorm's scale: divide each component by "
+                        "cache['ln_final.hook_scale'] at pos, as in 01.6")
+        if isinstance(got[label], torch.Tensor) and got[label].ndim == 0:
+            return f"your {label!r} is one number: return one value per prompt, [batch]"
+        return problem
+    summed = sum(v.detach().double() for v in got.values())
+    if not torch.allclose(summed, logit_diff, atol=1e-3, rtol=1e-3):
+        return f"your components sum to {summed.tolist()[:3]}, not to the logit differences"
+    return None
+
+
 EXERCISES = [
     Exercise(id="01.1", function="residual_stack", title="The residual stream at every layer", cases=stack_cases,
              reference=stack_reference, compare=stack_compare),
@@ -452,8 +560,15 @@ EXERCISES = [
              library=("minimech.analysis.lens.logit_lens", "minimech.analysis.lens.read_points")),
     Exercise(id="01.4", function="prediction_forms_at", title="Where the prediction forms", cases=forms_cases,
              reference=forms_reference, compare=forms_compare),
-    Exercise(id="01.5", function="head_logit_attribution", title="Direct logit attribution of heads",
+    Exercise(id="01.5", function="lens_kl", title="How far is each layer from the answer?", cases=kl_cases,
+             reference=kl_reference, compare=kl_compare,
+             library=("minimech.analysis.lens.kl_to", "minimech.analysis.lens.lens_kl")),
+    Exercise(id="01.6", function="head_logit_attribution", title="Direct logit attribution of heads",
              cases=dla_cases, reference=dla_reference, compare=dla_compare,
+             library=("minimech.analysis.attribution.direct_logit_attribution",
+                      "minimech.analysis.attribution.logit_attribution")),
+    Exercise(id="01.7", function="component_logit_attribution", title="Every component's share", cases=comp_cases,
+             reference=comp_reference, compare=comp_compare, uses=("01.2",),
              library=("minimech.analysis.attribution.direct_logit_attribution",
                       "minimech.analysis.attribution.logit_attribution")),
 ]

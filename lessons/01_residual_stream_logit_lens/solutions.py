@@ -43,6 +43,13 @@ def prediction_forms_at(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs.shape[0] - stays.sum(0)
 
 
+def lens_kl(log_probs: torch.Tensor) -> torch.Tensor:
+    """[n_points, batch, d_vocab] -> [n_points, batch]: KL(P_final || P_point) in nats, the final point being the
+    last one."""
+    final = log_probs[-1]  # [batch, d_vocab]
+    return (final.exp() * (final - log_probs)).sum(-1)
+
+
 def head_logit_attribution(model, cache, correct: torch.Tensor, wrong: torch.Tensor, pos: int = -1) -> torch.Tensor:
     """Each head's direct effect on logit[correct] - logit[wrong] at pos, averaged over prompts: [n_layers, n_heads]."""
     W_U, ln = model.W_U.detach(), model.ln_final
@@ -55,3 +62,19 @@ def head_logit_attribution(model, cache, correct: torch.Tensor, wrong: torch.Ten
         normed = (result - result.mean(-1, keepdim=True)) / scale[:, None] * ln.w.detach()  # ln_final, linear part
         rows.append(torch.einsum("bhm,bm->bh", normed, direction).mean(0))  # [head]
     return torch.stack(rows)
+
+
+def component_logit_attribution(model, cache, correct: torch.Tensor, wrong: torch.Tensor, pos: int = -1) -> dict:
+    """{label: [batch]}: each component of the final stream at pos (decompose_resid's labels) through ln_final as
+    the linear map it was in this run, onto W_U[:, correct] - W_U[:, wrong]; plus "ln_final.b" and "b_U". The
+    values sum to the logit difference."""
+    W_U, ln = model.W_U.detach(), model.ln_final
+    direction = (W_U[:, correct] - W_U[:, wrong]).T  # [batch, d_model]
+    scale = cache["ln_final.hook_scale"][:, pos]  # [batch, 1]
+    out = {}
+    for label, part in decompose_resid(model, cache, model.cfg.n_layers, pos).items():  # part: [batch, d_model]
+        normed = (part - part.mean(-1, keepdim=True)) / scale * ln.w.detach()
+        out[label] = (normed * direction).sum(-1)  # [batch]
+    out["ln_final.b"] = direction @ ln.b.detach()  # [batch]: the LayerNorm's bias belongs to no component
+    out["b_U"] = model.b_U.detach()[correct] - model.b_U.detach()[wrong]
+    return out

@@ -153,7 +153,7 @@ def path_wrong_direction(model, clean_tokens, corrupt_tokens, io_tokens, s_token
     return _path(model, corrupt_tokens, clean_tokens, io_tokens, s_tokens, sender, freeze_mlps=freeze_mlps)
 
 
-# ---- 03.6 circuit_faithfulness_ratio --------------------------------------------------------------------------------
+# ---- 03.10 circuit_faithfulness_ratio --------------------------------------------------------------------------------
 
 def _faith(model, tokens, reference_tokens, io, s, circuit, fill="mean", invert=False):
     names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
@@ -191,6 +191,115 @@ def faith_means_of_clean_prompts(model, tokens, reference_tokens, io_tokens, s_t
     return _faith(model, tokens, tokens, io_tokens, s_tokens, circuit)
 
 
+# ---- 03.6 role_attention ---------------------------------------------------------------------------------------------
+
+def _roles(model, tokens, query_pos, key_pos, swap=False, cross=False):
+    _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
+    rows = _rows(len(tokens))
+    out = []
+    for l in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{l}.attn.hook_pattern"]
+        q, k = (key_pos, query_pos) if swap else (query_pos, key_pos)
+        out.append(pattern[:, :, q, k].mean((0, 2)) if cross else pattern[rows, :, q, k].mean(0))
+    return torch.stack(out)
+
+
+def roles_swapped(model, tokens, query_pos, key_pos):
+    return _roles(model, tokens, query_pos, key_pos, swap=True)
+
+
+def roles_every_pair(model, tokens, query_pos, key_pos):
+    return _roles(model, tokens, query_pos, key_pos, cross=True)  # pattern[:, :, q, k]: all prompts x all positions
+
+
+# ---- 03.7 s2_attention_control --------------------------------------------------------------------------------------
+
+def _control(model, tokens, s2_pos, end_pos, replacement, in_place=False, at=None):
+    rows = _rows(len(tokens))
+    changed = tokens if in_place else tokens.clone()
+    changed[rows, s2_pos if at is None else at] = replacement
+    return torch.stack([_roles(model, tokens, end_pos, s2_pos), _roles(model, changed, end_pos, s2_pos)], dim=-1)
+
+
+def control_in_place(model, tokens, s2_pos, end_pos, replacement):
+    return _control(model, tokens, s2_pos, end_pos, replacement, in_place=True)  # tokens changed before measuring
+
+
+def control_replaces_s1(model, tokens, s2_pos, end_pos, replacement):
+    first = torch.stack([(row == row[p]).nonzero()[0, 0] for row, p in zip(tokens, s2_pos)])  # S1: first occurrence
+    return _control(model, tokens, s2_pos, end_pos, replacement, at=first)
+
+
+# ---- 03.8 path_patch_to_queries --------------------------------------------------------------------------------------
+
+def _queries(model, clean, corrupt, io, s, sender, receivers, end_pos, freeze=True, where="end", kind="q"):
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    _, clean_cache = model.run_with_cache(clean, names=z_names)
+    _, corrupt_cache = model.run_with_cache(corrupt, names=z_names)
+    layer, head = sender
+
+    def z_hook(z, hook):
+        out = clean_cache[hook.name].clone() if freeze else z.clone()
+        if hook.name == z_names[layer]:
+            out[:, :, head] = corrupt_cache[hook.name][:, :, head]
+        return out
+    names = sorted({f"blocks.{l}.attn.hook_{kind}" for l, _ in receivers})
+    with model.hooks([(n, z_hook) for n in z_names]):
+        _, recorded = model.run_with_cache(clean, names=names)
+    rows = _rows(len(clean))
+
+    def paste(act, hook):
+        act = act.clone()
+        for l, h in receivers:
+            if hook.name == f"blocks.{l}.attn.hook_{kind}":
+                if where == "end":
+                    act[rows, end_pos, h] = recorded[hook.name][rows, end_pos, h]
+                else:
+                    act[:, :, h] = recorded[hook.name][:, :, h]
+        return act
+    with model.hooks([(n, paste) for n in names]):
+        return _ld_at_last(model(clean), io, s)
+
+
+def queries_every_position(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos):
+    return _queries(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos,
+                    where="all")
+
+
+def queries_unfrozen(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos):
+    return _queries(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos,
+                    freeze=False)
+
+
+def queries_patches_keys(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos):
+    return _queries(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos, kind="k")
+
+
+# ---- 03.9 name_copying_ranks -----------------------------------------------------------------------------------------
+
+def _copy_ranks(model, cache, layer, head, io_pos, io_tokens, name_tokens, ln=True, embed=False, vocab=False):
+    rows = _rows(len(io_pos))
+    attn = model.blocks[layer].attn
+    x = model.W_E[io_tokens] if embed else cache[f"blocks.{layer}.hook_resid_pre"][rows, io_pos]
+    if ln:
+        x = model.blocks[layer].ln1(x)
+    logits = (x @ attn.W_V[head] + attn.b_V[head]) @ attn.W_O[head] @ model.W_U
+    among = logits if vocab else logits[:, name_tokens]
+    return (among > logits[rows, io_tokens][:, None]).sum(-1)
+
+
+def copy_without_ln1(model, cache, layer, head, io_pos, io_tokens, name_tokens):
+    return _copy_ranks(model, cache, layer, head, io_pos, io_tokens, name_tokens, ln=False)
+
+
+def copy_reads_the_embedding(model, cache, layer, head, io_pos, io_tokens, name_tokens):
+    return _copy_ranks(model, cache, layer, head, io_pos, io_tokens, name_tokens, embed=True)
+
+
+def copy_ranks_the_vocabulary(model, cache, layer, head, io_pos, io_tokens, name_tokens):
+    return _copy_ranks(model, cache, layer, head, io_pos, io_tokens, name_tokens, vocab=True)
+
+
 BUGS = [
     Bug("03.1", ld_sign_flipped, "sign"),
     Bug("03.1", ld_last_position, "end_pos"),
@@ -205,7 +314,17 @@ BUGS = [
     Bug("03.5", path_no_freezing, "freeze every other head"),
     Bug("03.5", path_ignores_freeze_mlps, "freeze_mlps"),
     Bug("03.5", path_wrong_direction, "wrong direction"),
-    Bug("03.6", faith_zero_ablation, "zeros"),
-    Bug("03.6", faith_ablates_the_circuit, "NOT in the circuit"),
-    Bug("03.6", faith_means_of_clean_prompts, "reference_tokens"),
+    Bug("03.6", roles_swapped, "swapped queries and keys"),
+    Bug("03.6", roles_every_pair, "its own positions"),
+    Bug("03.7", control_in_place, "in place"),
+    Bug("03.7", control_replaces_s1, "replaced S1"),
+    Bug("03.8", queries_every_position, "every position"),
+    Bug("03.8", queries_unfrozen, "did not freeze"),
+    Bug("03.8", queries_patches_keys, "keys"),
+    Bug("03.9", copy_without_ln1, "ln1"),
+    Bug("03.9", copy_reads_the_embedding, "raw token embedding"),
+    Bug("03.9", copy_ranks_the_vocabulary, "whole vocabulary"),
+    Bug("03.10", faith_zero_ablation, "zeros"),
+    Bug("03.10", faith_ablates_the_circuit, "NOT in the circuit"),
+    Bug("03.10", faith_means_of_clean_prompts, "reference_tokens"),
 ]

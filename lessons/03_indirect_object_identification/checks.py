@@ -79,7 +79,8 @@ def _circuit(model) -> list[tuple[int, int]]:
 
 def _random_gpt(ctx, gen, **fixed):
     cfg = dict(n_layers=_int(gen, 2, 3), n_heads=_int(gen, 2, 3), d_head=_int(gen, 3, 6), d_mlp=_int(gen, 8, 24),
-               n_ctx=16, d_vocab=_int(gen, 20, 40), **fixed)
+               n_ctx=16, d_vocab=_int(gen, 20, 40))
+    cfg.update(fixed)
     cfg["d_model"] = cfg["n_heads"] * cfg["d_head"] + 1
     return ctx.random_model(seed=_int(gen, 0, 10_000), **cfg)
 
@@ -452,7 +453,304 @@ def path_compare(got, want, case) -> str | None:
     return _diagnosed(got, want, variants, 1e-4, 1e-4, "your path-patched logit difference")
 
 
-# ---- 03.6 circuit faithfulness --------------------------------------------------------------------------------------
+# ---- 03.6 attention between roles ----------------------------------------------------------------------------------
+
+def role_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 7), []
+    model, ds, _ = _dataset(ctx, gen)
+    for (q, k), label in [((ds.end_pos, ds.io_pos), "END -> IO"), ((ds.s2_pos, ds.s1_pos), "S2 -> S1")]:
+        cases.append(Case(dict(model=model, tokens=ds.tokens, query_pos=q, key_pos=k), weight=1.5,
+                          label=f"{_name(model)}, {len(ds)} IOI prompts, {label}"))
+    rand = _random_gpt(ctx, gen)
+    tokens = torch.randint(0, rand.cfg.d_vocab, (4, 9), generator=gen)
+    q = torch.randint(3, 9, (4,), generator=gen)
+    k = (q - torch.randint(1, 3, (4,), generator=gen)).clamp(min=0)
+    cases.append(Case(dict(model=rand, tokens=tokens, query_pos=q, key_pos=k),
+                      label=f"random GPT, tokens [4, 9], queries {q.tolist()}, keys {k.tolist()}"))
+    return cases
+
+
+def _patterns(model, tokens) -> list[torch.Tensor]:  # per layer [batch, head, q_pos, k_pos]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
+    return [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)]
+
+
+def role_reference(model, tokens, query_pos, key_pos):
+    patterns = _patterns(model, tokens)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for l, pattern in enumerate(patterns):  # a plain loop over prompts
+        for h in range(model.cfg.n_heads):
+            out[l, h] = sum(pattern[b, h, query_pos[b], key_pos[b]].item() for b in range(len(tokens))) / len(tokens)
+    return out
+
+
+def role_compare(got, want, case) -> str | None:
+    a = case.args
+    model, tokens, q, k = a["model"], a["tokens"], a["query_pos"], a["key_pos"]
+    problem = expect_shape(got, want.shape, "your attention table")
+    if problem:
+        return problem + " ([n_layers, n_heads])"
+    patterns = _patterns(model, tokens)
+    rows = torch.arange(len(tokens))
+    table = lambda f: torch.stack([f(p) for p in patterns])  # noqa: E731
+    variants = [
+        (lambda: table(lambda p: p[rows, :, k, q].mean(0)),
+         "you swapped queries and keys: the pattern is [batch, head, q_pos, k_pos]; index [b, :, query_pos[b], "
+         "key_pos[b]]"),
+        (lambda: table(lambda p: p[:, :, q, k].mean((0, 2))),
+         "you took every prompt's query and key positions for every prompt (pattern[:, :, query_pos, key_pos] "
+         "pairs each prompt with all the others' positions): index prompt b with its own positions, "
+         "pattern[torch.arange(batch), :, query_pos, key_pos]"),
+        (lambda: table(lambda p: p[:, :, q[0], k[0]].mean(0)),
+         "you used the first prompt's positions for every prompt: each prompt has its own query_pos[b], key_pos[b]"),
+        (lambda: table(lambda p: p[rows, :, q, k].sum(0)), "you summed over prompts: take the mean"),
+    ]
+    return _diagnosed(got, want, variants, 1e-5, 1e-4, "your attention table", match_tol=1e-4)
+
+
+# ---- 03.7 the S-inhibition control -----------------------------------------------------------------------------------
+
+def control_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 8), []
+    model, ds, abc = _dataset(ctx, gen)
+    rows = torch.arange(len(ds))
+    cases.append(Case(dict(model=model, tokens=ds.tokens, s2_pos=ds.s2_pos, end_pos=ds.end_pos,
+                           replacement=abc.tokens[rows, ds.s2_pos]), weight=2.0,
+                      label=f"{_name(model)}, {len(ds)} IOI prompts, S2 replaced by p_ABC's third name"))
+    rand = _random_gpt(ctx, gen)
+    tokens = torch.randint(0, rand.cfg.d_vocab, (3, 8), generator=gen)
+    s1 = torch.randint(1, 3, (3,), generator=gen)
+    s2 = torch.randint(4, 6, (3,), generator=gen)
+    tokens[torch.arange(3), s2] = tokens[torch.arange(3), s1]  # a repeated token, as S2 repeats S1
+    cases.append(Case(dict(model=rand, tokens=tokens, s2_pos=s2, end_pos=torch.full((3,), 7),
+                           replacement=torch.randint(0, rand.cfg.d_vocab, (3,), generator=gen)),
+                      label=f"random GPT, tokens [3, 8], S2 at {s2.tolist()}"))
+    return cases
+
+
+def _replaced(tokens, where, replacement):
+    out = tokens.clone()
+    out[torch.arange(len(tokens)), where] = replacement
+    return out
+
+
+def control_reference(model, tokens, s2_pos, end_pos, replacement):
+    return torch.stack([role_reference(model, tokens, end_pos, s2_pos),
+                        role_reference(model, _replaced(tokens, s2_pos, replacement), end_pos, s2_pos)], dim=-1)
+
+
+def control_compare(got, want, case) -> str | None:
+    a = case.args
+    model, tokens, s2, end, new = (a[k] for k in ("model", "tokens", "s2_pos", "end_pos", "replacement"))
+    problem = expect_shape(got, want.shape, "your control")
+    if problem:
+        return problem + " ([n_layers, n_heads, 2]: END->S2 with the repeated name, then without)"
+    s1 = torch.tensor([int((tokens[b, :s2[b]] == tokens[b, s2[b]]).nonzero()[0]) if (tokens[b, :s2[b]] == tokens[
+        b, s2[b]]).any() else int(s2[b]) for b in range(len(tokens))])
+    variants = [
+        (lambda: want.flip(-1), "your two columns are swapped: column 0 is the prompts as given (with the repeat), "
+                                "column 1 the control"),
+        (lambda: torch.stack([want[..., 0], want[..., 0]], -1),
+         "your two columns are equal: the control prompts must have S2 replaced (tokens[b, s2_pos[b]] = "
+         "replacement[b], on a copy)"),
+        (lambda: torch.stack([want[..., 1], want[..., 1]], -1),
+         "both your columns are the control: you changed `tokens` in place before measuring the prompts; clone it "
+         "first"),
+        (lambda: torch.stack([want[..., 0], role_reference(model, _replaced(tokens, s1, new), end, s2)], -1)
+         if not torch.equal(s1, s2) else None,
+         "your control replaced S1 (the first occurrence of the name): replace S2, at s2_pos"),
+        (lambda: torch.stack([want[..., 0], role_reference(model, _replaced(tokens, s2, new), end, s1)], -1)
+         if not torch.equal(s1, s2) else None,
+         "your control measures attention to S1: measure END -> S2 (the same position as in column 0)"),
+    ]
+    return _diagnosed(got, want, variants, 1e-5, 1e-4, "your control", match_tol=1e-4)
+
+
+# ---- 03.8 path patching into the name movers' queries -------------------------------------------------------------
+
+def query_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 9), []
+    model, ds, abc = _dataset(ctx, gen)
+    base = dict(model=model, clean_tokens=ds.tokens, corrupt_tokens=abc.tokens, io_tokens=ds.io_tokens,
+                s_tokens=ds.s_tokens, end_pos=ds.end_pos)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    circuit = _circuit(model)  # the card's heads: late ones as receivers, earlier ones as senders (they matter)
+    receivers = sorted([h for h in circuit if h[0] >= n_layers // 2][:2]) or [(n_layers - 1, 0)]
+    first = min(l for l, _ in receivers)
+    before = [h for h in circuit if h[0] < first] or [(0, h) for h in range(n_heads)]
+    anyone = [(l, h) for l in range(first) for h in range(n_heads)]
+    for sender in [before[_int(gen, 0, len(before) - 1)], anyone[_int(gen, 0, len(anyone) - 1)]]:
+        cases.append(Case(dict(base, sender=sender, receivers=receivers), weight=1.5,
+                          label=f"{_name(model)}, L{sender[0]}H{sender[1]} -> queries of "
+                                f"{[f'L{l}H{h}' for l, h in receivers]} at END"))
+    rand = _random_gpt(ctx, gen, n_layers=3)
+    clean, corrupt, io, s = _random_prompts(rand, gen, 3, 7)
+    end = torch.randint(4, 7, (3,), generator=gen)
+    receivers = [(2, 0), (1, rand.cfg.n_heads - 1)]
+    cases.append(Case(dict(model=rand, clean_tokens=clean, corrupt_tokens=corrupt, io_tokens=io, s_tokens=s,
+                           sender=(0, _int(gen, 0, rand.cfg.n_heads - 1)), receivers=receivers, end_pos=end),
+                      label=f"random GPT, receivers {receivers}, END at {end.tolist()}"))
+    return cases
+
+
+def query_reference(model, clean_tokens, corrupt_tokens, io_tokens, s_tokens, sender, receivers, end_pos):
+    return path_patch(model, clean_tokens, corrupt_tokens, logit_diff(io_tokens, s_tokens), senders=[sender],
+                      receivers=receivers, receiver_input="q", positions=end_pos)
+
+
+def query_compare(got, want, case) -> str | None:
+    a = case.args
+    got = _as_float(got)
+    if not isinstance(got, (int, float)):
+        return close(got, want, what="your path-patched logit difference") + " (return a float: .item())"
+    model, clean, corrupt, io, s = (a[k] for k in ("model", "clean_tokens", "corrupt_tokens", "io_tokens",
+                                                   "s_tokens"))
+    sender, receivers, end = a["sender"], a["receivers"], a["end_pos"]
+    metric = logit_diff(io, s)
+    pp = lambda **kw: (lambda: path_patch(model, clean, corrupt, metric, senders=[sender], **kw))  # noqa: E731
+    variants = [
+        (lambda: _queries_unfrozen(model, clean, corrupt, io, s, sender, receivers, end),
+         "in run 1 you did not freeze the other heads: only the sender's z is corrupted, every other head's z stays "
+         "at its clean value"),
+        (pp(receivers=receivers, receiver_input="q", positions=None),
+         "you pasted the receivers' queries at every position: paste them only at end_pos[b]"),
+        (pp(receivers=receivers, receiver_input="k", positions=end),
+         "you patched the receivers' keys: patch their queries (hook_q)"),
+        (pp(receivers=receivers, receiver_input="v", positions=end),
+         "you patched the receivers' values: patch their queries (hook_q)"),
+        (lambda: _queries_whole_layer(model, clean, corrupt, io, s, sender, receivers, end),
+         "you pasted the queries of every head in the receivers' layers: paste only the receiver heads'"),
+        (pp(), "your result is the path to the logits (03.5): record the receivers' hook_q in the frozen run and "
+               "paste only those, at END, into a clean run"),
+        (lambda: _metric_of(model, clean, io, s),
+         "your result equals the clean run: the recorded queries were never pasted (or run 1 was not corrupted)"),
+    ]
+    return _diagnosed(got, want, variants, 1e-4, 1e-4, "your path-patched logit difference", match_tol=5e-5)
+
+
+def _queries_run(model, clean, corrupt, io, s, sender, receivers, end, freeze: bool, whole_layer: bool) -> float:
+    """Run 1 (sender corrupted, other heads frozen clean unless freeze=False) records hook_q; run 2 pastes it."""
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names=z_names)
+        _, corrupt_cache = model.run_with_cache(corrupt, names=z_names)
+    layer, head = sender
+
+    def z_hook(z, hook):
+        out = clean_cache[hook.name].clone() if freeze else z.clone()
+        if hook.name == z_names[layer]:
+            out[:, :, head] = corrupt_cache[hook.name][:, :, head]
+        return out
+    q_names = sorted({f"blocks.{l}.attn.hook_q" for l, _ in receivers})
+    with torch.no_grad(), model.hooks([(n, z_hook) for n in z_names]):
+        _, recorded = model.run_with_cache(clean, names=q_names)
+    rows = torch.arange(len(clean))
+
+    def q_hook(q, hook):
+        q = q.clone()
+        heads = range(q.shape[2]) if whole_layer else [h for l, h in receivers if f"blocks.{l}.attn.hook_q" ==
+                                                       hook.name]
+        for h in heads:
+            q[rows, end, h] = recorded[hook.name][rows, end, h]
+        return q
+    return _metric_of(model, clean, io, s, [(n, q_hook) for n in q_names])
+
+
+def _queries_unfrozen(*args) -> float:
+    return _queries_run(*args, freeze=False, whole_layer=False)
+
+
+def _queries_whole_layer(*args) -> float:
+    return _queries_run(*args, freeze=True, whole_layer=True)
+
+
+# ---- 03.9 do the name movers copy names? -----------------------------------------------------------------------------
+
+def copy_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 10), []
+    model, ds, _ = _dataset(ctx, gen)
+    with _one_thread(), torch.no_grad():
+        _, cache = model.run_with_cache(ds.tokens, names=lambda n: n.endswith("hook_resid_pre"))
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    for layer in (_int(gen, n_layers // 2, n_layers - 1), _int(gen, 1, n_layers - 1)):
+        head = _int(gen, 0, n_heads - 1)
+        cases.append(Case(dict(model=model, cache=cache, layer=layer, head=head, io_pos=ds.io_pos,
+                               io_tokens=ds.io_tokens, name_tokens=ds.name_pool), weight=1.5,
+                          label=f"{_name(model)}, L{layer}H{head}, {len(ds)} IOI prompts, {len(ds.name_pool)} names"))
+    rand = _random_gpt(ctx, gen)
+    clean, _, io, _ = _random_prompts(rand, gen, 4, 7)
+    io_pos = torch.randint(1, 6, (4,), generator=gen)
+    io = clean[torch.arange(4), io_pos]
+    names = torch.unique(torch.cat([io, torch.randint(0, rand.cfg.d_vocab, (6,), generator=gen)]))
+    with torch.no_grad():
+        _, cache = rand.run_with_cache(clean, names=lambda n: n.endswith("hook_resid_pre"))
+    layer = _int(gen, 1, rand.cfg.n_layers - 1)
+    cases.append(Case(dict(model=rand, cache=cache, layer=layer, head=_int(gen, 0, rand.cfg.n_heads - 1),
+                           io_pos=io_pos, io_tokens=io, name_tokens=names),
+                      label=f"random GPT, layer {layer}, tokens [4, 7], {len(names)} names"))
+    return cases
+
+
+def _copy_logits(model, cache, layer, head, io_pos, source="resid_pre", ln=True, bias=True, at=None):
+    """[batch, d_vocab] in float64: the head's OV output for the stream at io_pos, through W_U (variants switchable)."""
+    rows = torch.arange(len(io_pos))
+    attn = model.blocks[layer].attn
+    if source == "embed":
+        x = model.W_E.detach()[at].double()  # the raw token embeddings of the given tokens
+    else:
+        x = cache[f"blocks.{layer}.hook_resid_pre"][rows, io_pos].double()  # [batch, d_model]
+    if ln:
+        ln1 = model.blocks[layer].ln1
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + ln1.eps).sqrt() * ln1.w.detach().double() + ln1.b.detach().double()
+    v = x @ attn.W_V.detach()[head].double() + (attn.b_V.detach()[head].double() if bias else 0)
+    return v @ attn.W_O.detach()[head].double() @ model.W_U.detach().double()
+
+
+def _ranks(logits, io_tokens, name_tokens) -> torch.Tensor:
+    rows = torch.arange(len(io_tokens))
+    return (logits[:, name_tokens] > logits[rows, io_tokens][:, None]).sum(-1)
+
+
+def copy_reference(model, cache, layer, head, io_pos, io_tokens, name_tokens):
+    return _ranks(_copy_logits(model, cache, layer, head, io_pos), io_tokens, name_tokens)
+
+
+def copy_compare(got, want, case) -> str | None:
+    a = case.args
+    model, cache, layer, head, io_pos, io, names = (a[k] for k in ("model", "cache", "layer", "head", "io_pos",
+                                                                   "io_tokens", "name_tokens"))
+    problem = expect_shape(got, want.shape, "your ranks")
+    if problem:
+        return problem + " ([batch]: one rank per prompt)"
+    if got.is_floating_point():
+        return "your ranks must be integers (a count of names with a larger logit: .sum() of a bool tensor)"
+    if torch.equal(got.long(), want):
+        return None
+    logits = lambda **kw: _copy_logits(model, cache, layer, head, io_pos, **kw)  # noqa: E731
+    rows = torch.arange(len(io))
+    variants = [
+        (lambda: _ranks(logits(ln=False), io, names), "you left out ln1: the head reads ln1(resid_pre), not the raw "
+                                                      "stream"),
+        (lambda: _ranks(logits(source="embed", at=io), io, names),
+         "you read the IO's raw token embedding: use the stream the head reads at io_pos, "
+         "blocks.{layer}.hook_resid_pre"),
+        (lambda: _ranks(logits(bias=False), io, names), "you left out b_V: the value is ln1(x) @ W_V + b_V"),
+        (lambda: (logits()[rows] > logits()[rows, io][:, None]).sum(-1),
+         "you ranked the IO among the whole vocabulary: rank it among name_tokens only"),
+        (lambda: (logits()[:, names] < logits()[rows, io][:, None]).sum(-1),
+         "your ranks count the names BELOW the IO: the rank is the number of names with a larger logit (0 = first)"),
+    ]
+    for make, message in variants:
+        value = make()
+        if not torch.equal(value, want) and torch.equal(got.long(), value):
+            return message
+    wrong = int((got.long() != want).sum())
+    return f"your ranks differ on {wrong} of {len(want)} prompts (yours start {got[:6].tolist()})"
+
+
+# ---- 03.10 circuit faithfulness --------------------------------------------------------------------------------------
 
 class _Prompts:
     """What circuit_faithfulness reads of a dataset when given a metric and reference tokens: tokens and a length."""
@@ -552,7 +850,19 @@ EXERCISES = [
              reference=path_reference, compare=path_compare,
              library=("minimech.analysis.path_patching.path_patch",
                       "minimech.analysis.path_patching.path_patch_heads")),
-    Exercise(id="03.6", function="circuit_faithfulness_ratio", title="Circuit faithfulness", cases=faith_cases,
+    Exercise(id="03.6", function="role_attention", title="Attention between roles", cases=role_cases,
+             reference=role_reference, compare=role_compare,
+             library=("minimech.analysis.heads.detector_scores",)),
+    Exercise(id="03.7", function="s2_attention_control", title="The S-inhibition control", cases=control_cases,
+             reference=control_reference, compare=control_compare, uses=("03.6",)),
+    Exercise(id="03.8", function="path_patch_to_queries", title="Path patching into the name movers' queries",
+             cases=query_cases, reference=query_reference, compare=query_compare,
+             library=("minimech.analysis.path_patching.path_patch",
+                      "minimech.analysis.path_patching.path_patch_heads")),
+    Exercise(id="03.9", function="name_copying_ranks", title="Do the name movers copy names?", cases=copy_cases,
+             reference=copy_reference, compare=copy_compare,
+             library=("minimech.analysis.circuits.copying_scores",)),
+    Exercise(id="03.10", function="circuit_faithfulness_ratio", title="Circuit faithfulness", cases=faith_cases,
              reference=faith_reference, compare=faith_compare,
              library=("minimech.analysis.ioi.circuit_faithfulness", "minimech.analysis.interventions.ablation_damage")),
 ]

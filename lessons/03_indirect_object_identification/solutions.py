@@ -102,6 +102,74 @@ def path_patch_to_logits(model, clean_tokens: torch.Tensor, corrupt_tokens: torc
     return (logits[rows, -1, io_tokens] - logits[rows, -1, s_tokens]).mean().item()
 
 
+def role_attention(model, tokens: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+    """-> [n_layers, n_heads]: each head's attention from query_pos[b] to key_pos[b], averaged over prompts b."""
+    _, cache = model.run_with_cache(tokens, names=lambda name: name.endswith("hook_pattern"))
+    rows = torch.arange(tokens.shape[0])
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, q_pos, k_pos]
+        out[layer] = pattern[rows, :, query_pos, key_pos].mean(0)  # [batch, head] -> [head]
+    return out
+
+
+def s2_attention_control(model, tokens: torch.Tensor, s2_pos: torch.Tensor, end_pos: torch.Tensor,
+                         replacement: torch.Tensor) -> torch.Tensor:
+    """-> [n_layers, n_heads, 2]: attention END -> S2 on the prompts, and on the same prompts with S2 replaced by a
+    name that occurs nowhere else (so that no name repeats)."""
+    no_repeat = tokens.clone()  # never change the caller's tokens
+    no_repeat[torch.arange(len(tokens)), s2_pos] = replacement
+    return torch.stack([role_attention(model, tokens, end_pos, s2_pos),
+                        role_attention(model, no_repeat, end_pos, s2_pos)], dim=-1)
+
+
+def path_patch_to_queries(model, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor, io_tokens: torch.Tensor,
+                          s_tokens: torch.Tensor, sender: tuple, receivers: list, end_pos: torch.Tensor) -> float:
+    """Path patching sender -> the receivers' queries at END. Run 1 (clean tokens): the sender's z corrupted, every
+    other head's z frozen clean; record the receivers' hook_q. Run 2: a clean run with each receiver's query at
+    end_pos replaced by run 1's. Its mean logit difference at the last position."""
+    layer, head = sender
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    _, clean_cache = model.run_with_cache(clean_tokens, names=z_names)
+    _, corrupt_cache = model.run_with_cache(corrupt_tokens, names=z_names)
+
+    def freeze_heads(z, hook):  # z: [batch, pos, head, d_head]
+        frozen = clean_cache[hook.name].clone()
+        if hook.name == f"blocks.{layer}.attn.hook_z":
+            frozen[:, :, head] = corrupt_cache[hook.name][:, :, head]
+        return frozen
+
+    q_names = sorted({f"blocks.{l}.attn.hook_q" for l, _ in receivers})
+    with model.hooks([(name, freeze_heads) for name in z_names]):
+        _, recorded = model.run_with_cache(clean_tokens, names=q_names)  # the receivers' queries in run 1
+    rows = torch.arange(len(clean_tokens))
+
+    def paste_queries(q, hook):  # q: [batch, pos, head, d_head]
+        q = q.clone()
+        for l, h in receivers:
+            if hook.name == f"blocks.{l}.attn.hook_q":
+                q[rows, end_pos, h] = recorded[hook.name][rows, end_pos, h]
+        return q
+
+    with model.hooks([(name, paste_queries) for name in q_names]):
+        logits = model(clean_tokens)
+    return (logits[rows, -1, io_tokens] - logits[rows, -1, s_tokens]).mean().item()
+
+
+def name_copying_ranks(model, cache, layer: int, head: int, io_pos: torch.Tensor, io_tokens: torch.Tensor,
+                       name_tokens: torch.Tensor) -> torch.Tensor:
+    """-> [batch]: for each prompt, how many of name_tokens get a larger logit than the IO when the head's OV
+    circuit is applied to the stream it reads at the IO's position (ln1 of resid_pre there), read through W_U."""
+    rows = torch.arange(len(io_pos))
+    resid = cache[f"blocks.{layer}.hook_resid_pre"][rows, io_pos]  # [batch, d_model]
+    attn = model.blocks[layer].attn
+    value = model.blocks[layer].ln1(resid) @ attn.W_V[head] + attn.b_V[head]  # [batch, d_head]
+    logits = value @ attn.W_O[head] @ model.W_U  # [batch, d_vocab]
+    names = logits[:, name_tokens]  # [batch, n_names]
+    io_logit = logits[rows, io_tokens]  # [batch]
+    return (names > io_logit[:, None]).sum(-1)
+
+
 def circuit_faithfulness_ratio(model, tokens: torch.Tensor, reference_tokens: torch.Tensor, io_tokens: torch.Tensor,
                                s_tokens: torch.Tensor, circuit: list) -> float:
     """Mean-ablate every head NOT in circuit (its z replaced, position by position, by its mean over the reference

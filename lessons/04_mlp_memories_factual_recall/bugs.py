@@ -72,6 +72,13 @@ def top_wrong_unravel(model, layer, index, tokens, k):
     return _top(model, layer, index, tokens, k, divisor=tokens.shape[0])  # divides by n, not pos
 
 
+def top_forgets_plus_one(model, layer, index, tokens, k):
+    hook = f"blocks.{layer}.mlp.hook_post"
+    acts = model.run_with_cache(tokens, names=[hook])[1][hook][:, 1:, index]  # [n, pos - 1]: BOS left out
+    values, flat = acts.flatten().topk(k)
+    return values, flat // acts.shape[1], flat % acts.shape[1]  # column j of acts[:, 1:] is position j + 1
+
+
 # ---- 04.4 noised_answer_probs ---------------------------------------------------------------------------------------
 
 def _noised(model, tokens, positions, answer, noise, read="prob"):
@@ -136,8 +143,10 @@ def restore_from_noised_run(model, tokens, subject_positions, answer, noise, kin
 
 # ---- 04.6 causal_trace_grid -----------------------------------------------------------------------------------------
 
-def _grid(model, tokens, positions, answer, noise, kind, window, transpose=False, minus_corrupt=False):
+def _grid(model, tokens, positions, answer, noise, kind, window, transpose=False, minus_corrupt=False,
+          window_resid=False):
     n_layers, n_pos = model.cfg.n_layers, tokens.shape[1]
+    window = window if kind != "resid" or window_resid else 1
     out = torch.zeros(n_layers, n_pos)
     for layer in range(n_layers):
         layers = range(max(0, layer - window // 2), min(n_layers, layer + (window + 1) // 2))
@@ -161,6 +170,67 @@ def grid_ignores_window(model, tokens, subject_positions, answer, noise, kind, w
     return _grid(model, tokens, subject_positions, answer, noise, kind, 1)
 
 
+def grid_windows_resid(model, tokens, subject_positions, answer, noise, kind, window=1):
+    return _grid(model, tokens, subject_positions, answer, noise, kind, window, window_resid=True)
+
+
+# ---- 04.7 recovered_fraction_grid -----------------------------------------------------------------------------------
+
+def _fraction(model, tokens, positions, answer, noise, kind, window, how):
+    clean = model(tokens)[0, -1].softmax(-1)[answer]
+    noised = _noised(model, tokens, positions, answer, noise)  # [samples]
+    grid = _grid(model, tokens, positions, answer, noise, kind, window)
+    if how == "over_clean":
+        return grid / clean
+    if how == "unnormalised":
+        return grid - noised.mean()
+    return (grid - noised[0]) / (clean - noised[0])  # one sample's P_noised
+
+
+def fraction_over_clean(model, tokens, noised_positions, answer, noise, kind, window=1):
+    return _fraction(model, tokens, noised_positions, answer, noise, kind, window, "over_clean")
+
+
+def fraction_unnormalised(model, tokens, noised_positions, answer, noise, kind, window=1):
+    return _fraction(model, tokens, noised_positions, answer, noise, kind, window, "unnormalised")
+
+
+def fraction_one_sample(model, tokens, noised_positions, answer, noise, kind, window=1):
+    return _fraction(model, tokens, noised_positions, answer, noise, kind, window, "one_sample")
+
+
+# ---- 04.8 noise_sensitive_neurons -----------------------------------------------------------------------------------
+
+def _neurons(model, tokens, positions, noise, layer, pos, k, clean_pos=None, signed=False, one_run=False):
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, clean_cache = model.run_with_cache(tokens, names=[name])
+
+    def add_noise(embed, hook):
+        embed = embed.clone()
+        embed[:, positions] = embed[:, positions] + noise
+        return embed
+
+    with model.hooks([("hook_embed", add_noise)]):
+        _, noised_cache = model.run_with_cache(tokens.expand(noise.shape[0], -1), names=[name])
+    clean = clean_cache[name][0, pos if clean_pos is None else clean_pos]
+    noised = noised_cache[name][0, pos] if one_run else noised_cache[name][:, pos].mean(0)
+    change = clean - noised
+    indices = (change if signed else change.abs()).topk(k).indices
+    return indices, clean[indices], noised[indices]
+
+
+def neurons_signed_change(model, tokens, noised_positions, noise, layer, pos, k):
+    return _neurons(model, tokens, noised_positions, noise, layer, pos, k, signed=True)
+
+
+def neurons_clean_at_last_token(model, tokens, noised_positions, noise, layer, pos, k):
+    return _neurons(model, tokens, noised_positions, noise, layer, pos, k, clean_pos=-1)  # positions mixed
+
+
+def neurons_one_noised_run(model, tokens, noised_positions, noise, layer, pos, k):
+    return _neurons(model, tokens, noised_positions, noise, layer, pos, k, one_run=True)
+
+
 BUGS = [
     Bug("04.1", value_reads_the_key, "key"),
     Bug("04.1", value_reads_a_column, "column of W_out"),
@@ -172,6 +242,7 @@ BUGS = [
     Bug("04.3", top_lowest, "highest"),
     Bug("04.3", top_before_gelu, "before the GELU"),
     Bug("04.3", top_wrong_unravel, "i // pos"),
+    Bug("04.3", top_forgets_plus_one, "add 1"),
     Bug("04.4", noise_after_subject, "wrong tokens"),
     Bug("04.4", noise_returns_logits, "probabilities"),
     Bug("04.5", restore_next_layer, "wrong layer"),
@@ -180,4 +251,11 @@ BUGS = [
     Bug("04.6", grid_transposed, "transposed"),
     Bug("04.6", grid_indirect_effect, "indirect effect"),
     Bug("04.6", grid_ignores_window, "window"),
+    Bug("04.6", grid_windows_resid, "one layer at a time"),
+    Bug("04.7", fraction_over_clean, "subtract P_noised first"),
+    Bug("04.7", fraction_unnormalised, "did not divide"),
+    Bug("04.7", fraction_one_sample, "mean over all the samples"),
+    Bug("04.8", neurons_signed_change, "absolute value"),
+    Bug("04.8", neurons_clean_at_last_token, "read both at `pos`"),
+    Bug("04.8", neurons_one_noised_run, "mean over the noised runs"),
 ]

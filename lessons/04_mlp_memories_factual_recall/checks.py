@@ -3,7 +3,8 @@ random GPTs whose every parameter is random.
 
 Ground truth: Memory.value_logits (04.1), Memory.activation on a full cache (04.2), minimech.analysis.memories.
 top_activating (04.3, a plain loop for models without a tokenizer), a forward pass written out block by block with
-the noise added to the embeddings directly (04.4), and causal_trace (04.5, 04.6). causal_trace draws its own noise
+the noise added to the embeddings directly (04.4), causal_trace (04.5, 04.6, and its clean and corrupted P for
+04.7's fractions), and a plain sort of cached activations (04.8). causal_trace draws its own noise
 from a seed, so the cases make their noise tensors with exactly its recipe and remember, by content, which seed and
 scale made each one. When an answer is wrong, the check recomputes the classic mistakes (the key instead of the
 value, no GELU, the wrong tokens noised, the wrong layer restored, ...) and names the one the answer matches.
@@ -16,7 +17,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from minimech.analysis import causal_trace, find_subject_positions
+from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import top_activating
 from minimech.grading import Case, Exercise, close, expect_shape
 from minimech.training.corpus import Corpus
@@ -335,9 +336,15 @@ def top_compare(got, want, case) -> str | None:
     problem = _diagnosed(values, want[0], variants, 1e-4, 1e-4, "your values")
     if problem:
         return problem
+    n, n_pos = acts.shape
+    in_range = bool(((prompts >= 0) & (prompts < n) & (positions >= 0) & (positions < n_pos - 1)).all())
+    pointed = acts[prompts, positions] if in_range else None
+    if in_range and not torch.allclose(pointed.double(), values.detach().double(), atol=1e-4, rtol=1e-4) \
+            and torch.allclose(acts[prompts, positions + 1].double(), values.detach().double(), atol=1e-4, rtol=1e-4):
+        return ("your values are right and each position is one too small: you ranked acts[:, 1:] (BOS left out), "
+                "whose column j is position j + 1 of tokens; add 1 to the positions you unravel from it")
     if bool((positions == 0).any()):
         return "one of your positions is 0, the BOS: leave position 0 out"
-    n, n_pos = acts.shape
     if bool(((prompts < 0) | (prompts >= n) | (positions < 0) | (positions >= n_pos)).any()):
         return f"your indices point outside tokens [{n}, {n_pos}]: a flat index i is prompt i // pos, position i % pos"
     pointed = acts[prompts, positions]
@@ -482,13 +489,27 @@ def grid_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 6), []
     items = _trace_inputs(ctx, gen, 1)
     (m, t, sp, ans, nz, label), (rm, rt, rsp, rans, rnz, rlabel) = items
-    for kind, window, w in [("mlp", 1, 2.0), (["resid", "attn"][_int(gen, 0, 1)], 3, 1.0)]:
+    for kind, window, w in [("mlp", 1, 1.5), ("attn", 3, 1.0), ("resid", 3, 1.0)]:
         cases.append(Case(dict(model=m, tokens=t, subject_positions=sp, answer=ans, noise=nz, kind=kind,
                                window=window), weight=w, label=f"{label}: {kind}, window {window}"))
     for kind, window in [("resid", 1), ("mlp", 2)]:
         cases.append(Case(dict(model=rm, tokens=rt, subject_positions=rsp, answer=rans, noise=rnz, kind=kind,
                                window=window), label=f"{rlabel}: {kind}, window {window}"))
     return cases
+
+
+def _windowed_resid(model, tokens, sp, answer, noise, window: int) -> torch.Tensor | None:
+    """[n_layers, pos]: the resid grid with a window of layers restored (the mistake: resid is never windowed)."""
+    n_layers, n_pos = model.cfg.n_layers, tokens.shape[1]
+    if window == 1:
+        return None
+    out = torch.zeros(n_layers, n_pos)
+    for layer in range(n_layers):
+        names = [f"blocks.{l}.hook_resid_post" for l in
+                 range(max(0, layer - window // 2), min(n_layers, layer + (window + 1) // 2))]
+        for pos in range(n_pos):
+            out[layer, pos] = _restore_variant(model, tokens, sp, answer, noise, names, pos)
+    return out
 
 
 def grid_reference(model, tokens, subject_positions, answer, noise, kind, window):
@@ -506,6 +527,9 @@ def grid_compare(got, want, case) -> str | None:
         return problem + " ([n_layers, pos])"
     trace = lambda w: _trace(model, tokens, sp, answer, noise, kind, w)  # noqa: E731
     variants = [
+        (lambda: _windowed_resid(model, tokens, sp, answer, noise, a["window"]) if kind == "resid" else None,
+         "you restored a window of layers for 'resid': the residual stream after layer l already holds every "
+         "earlier layer's output, so ROME restores it one layer at a time; windows are for 'mlp' and 'attn' only"),
         (lambda: want - trace(a["window"]).corrupt_prob, "you returned the indirect effect, P(answer) minus the "
                                                          "corrupted P(answer): return the restored P(answer) itself"),
         (lambda: trace(1).scores[kind] if a["window"] != 1 else None,
@@ -515,6 +539,143 @@ def grid_compare(got, want, case) -> str | None:
                                                    "the state of layer l itself"),
     ]
     return _diagnosed(got, want, variants, 1e-4, 1e-3, "your grid", match_tol=2e-4)
+
+
+# ---- 04.7 the fraction recovered -----------------------------------------------------------------------------------
+
+def fraction_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 7), []
+    (m, t, sp, ans, nz, label), (rm, rt, rsp, rans, rnz, rlabel) = _trace_inputs(ctx, gen, 1)
+    cases.append(Case(dict(model=m, tokens=t, noised_positions=sp, answer=ans, noise=nz, kind="mlp", window=1),
+                      weight=1.5, label=f"{label}: mlp"))
+    ds = ioi_dataset(m, n=4, seed=_int(gen, 0, 10_000))
+    i = _int(gen, 0, len(ds) - 1)
+    io_pos = [int(ds.io_pos[i])]
+    cases.append(Case(dict(model=m, tokens=ds.tokens[i:i + 1], noised_positions=io_pos, answer=int(ds.io_tokens[i]),
+                           noise=_noise(m, 1, _int(gen, 0, 10_000)), kind="mlp", window=1),
+                      label=f"{_name(m)} IOI prompt {ds.prompts[i]!r}, the IO's name (position {io_pos[0]}) noised: "
+                            "mlp"))
+    cases.append(Case(dict(model=rm, tokens=rt, noised_positions=rsp, answer=rans, noise=rnz, kind="attn", window=2),
+                      label=f"{rlabel}: attn, window 2"))
+    return cases
+
+
+def fraction_reference(model, tokens, noised_positions, answer, noise, kind, window):
+    trace = _trace(model, tokens, noised_positions, answer, noise, kind, window)
+    return (trace.scores[kind] - trace.corrupt_prob) / (trace.clean_prob - trace.corrupt_prob)
+
+
+def fraction_compare(got, want, case) -> str | None:
+    a = case.args
+    problem = expect_shape(got, want.shape, "your fractions")
+    if problem:
+        return problem + " ([n_layers, pos], like your 04.6's grid)"
+    trace = _trace(a["model"], a["tokens"], a["noised_positions"], a["answer"], a["noise"], a["kind"], a["window"])
+    grid, clean, noised = trace.scores[a["kind"]], trace.clean_prob, trace.corrupt_prob
+    first = _noised_forward(a["model"], a["tokens"], a["noised_positions"], a["answer"], a["noise"])[0].item()
+    variants = [
+        (lambda: grid / clean, "you divided P_restored by P_clean: subtract P_noised first, from the restored P and "
+                               "from P_clean, so that 0 means 'nothing recovered' and 1 'all of it'"),
+        (lambda: grid - noised, "you subtracted P_noised but did not divide by P_clean - P_noised: the fraction is "
+                                "relative to what the noise took away"),
+        (lambda: (grid - noised) / clean, "you divided by P_clean: divide by what the noise took away, "
+                                          "P_clean - P_noised"),
+        (lambda: grid, "you returned the restored P itself (your 04.6): normalise it, (P - P_noised) / (P_clean - "
+                       "P_noised)"),
+        (lambda: (grid - first) / (clean - first), "your P_noised is one noised run's: take the mean over all the "
+                                                   "samples (your 04.4 returns one P per sample)"),
+        (lambda: (grid - clean) / (clean - noised), "you subtracted P_clean: the fraction is (P_restored - "
+                                                    "P_noised) / (P_clean - P_noised)"),
+    ]
+    return _diagnosed(got, want, variants, 2e-3, 2e-3, "your fractions", match_tol=5e-3)
+
+
+# ---- 04.8 the neurons the noise moves -------------------------------------------------------------------------------
+
+def neuron_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 8), []
+    items = _trace_inputs(ctx, gen, 2)
+    for i, (m, t, sp, ans, nz, label) in enumerate(items):
+        layer = _int(gen, 0, m.cfg.n_layers - 1)
+        pos = [sp[-1], t.shape[1] - 1][i % 2]  # the subject's last token, or the last token
+        k = _int(gen, 2, 6)
+        cases.append(Case(dict(model=m, tokens=t, noised_positions=sp, noise=nz, layer=layer, pos=pos, k=k),
+                          label=f"{label}: MLP {layer} at position {pos}, k={k}"))
+    return cases
+
+
+def _neuron_acts(model, tokens, positions, noise, layer, name="hook_post"):
+    """(clean [pos, d_mlp], noised [samples, pos, d_mlp]) activations of MLP `layer`."""
+    hook = f"blocks.{layer}.mlp.{name}"
+
+    def add_noise(embed, hook):
+        embed = embed.clone()
+        embed[:, positions] = embed[:, positions] + noise
+        return embed
+
+    with torch.no_grad():
+        clean = model.run_with_cache(tokens, names=[hook])[1][hook][0]
+        with model.hooks([("hook_embed", add_noise)]):
+            noised = model.run_with_cache(tokens.expand(noise.shape[0], -1), names=[hook])[1][hook]
+    return clean, noised
+
+
+def neuron_reference(model, tokens, noised_positions, noise, layer, pos, k):
+    clean, noised = _neuron_acts(model, tokens, noised_positions, noise, layer)
+    change = clean[pos] - noised[:, pos].mean(0)  # [d_mlp]
+    order = sorted(range(len(change)), key=lambda i: -abs(change[i].item()))[:k]  # a plain sort
+    indices = torch.tensor(order)
+    return indices, clean[pos, indices], noised[:, pos].mean(0)[indices]
+
+
+def neuron_compare(got, want, case) -> str | None:
+    a = case.args
+    k, pos = a["k"], a["pos"]
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return "return a tuple of three tensors: (indices [k], clean activations [k], mean noised activations [k])"
+    indices, clean_acts, noised_acts = got
+    for t, what in ((indices, "indices"), (clean_acts, "clean activations"), (noised_acts, "noised activations")):
+        problem = expect_shape(t, (k,), f"your {what}")
+        if problem:
+            return problem
+    if indices.is_floating_point():
+        return "your indices must be an integer tensor (topk(...).indices)"
+    clean, noised = _neuron_acts(a["model"], a["tokens"], a["noised_positions"], a["noise"], a["layer"])
+    n_pos = clean.shape[0]
+
+    def ranked(change):
+        return change.abs().topk(k).indices
+    variants = [
+        (lambda: (clean[pos] - noised[:, pos].mean(0)).topk(k).indices,
+         "you ranked the signed change: rank by its absolute value, |clean - noised mean| (a neuron the noise "
+         "switches ON moves as much as one it switches off)"),
+        (lambda: ranked(clean[pos] - noised[:, -1].mean(0)) if pos % n_pos != n_pos - 1 else
+         ranked(clean[pos] - noised[:, a["noised_positions"][-1]].mean(0)),
+         "you read the clean and the noised activations at different positions: read both at `pos`"),
+        (lambda: ranked(clean[-1] - noised[:, pos].mean(0)) if pos % n_pos != n_pos - 1 else None,
+         "you read the clean activations at the last token and the noised ones at `pos`: read both at `pos`"),
+        (lambda: ranked(clean[pos] - noised[0, pos]),
+         "you compared with one noised run: take the mean over the noised runs (dim 0)"),
+        (lambda: ranked(_neuron_acts(a["model"], a["tokens"], a["noised_positions"], a["noise"], a["layer"],
+                                     "hook_pre")[0][pos]
+                        - _neuron_acts(a["model"], a["tokens"], a["noised_positions"], a["noise"], a["layer"],
+                                       "hook_pre")[1][:, pos].mean(0)),
+         "you read hook_pre, before the GELU: the activation is hook_post"),
+    ]
+    if not torch.equal(indices.long(), want[0]):
+        for make, message in variants:
+            value = make()
+            if value is not None and not torch.equal(value, want[0]) and torch.equal(indices.long(), value):
+                return message
+        return (f"your neurons {indices.tolist()} are not the {k} whose activation at position {pos} changes most "
+                "(|clean - mean noised|, largest first)")
+    if close(clean_acts, want[1], atol=1e-4, rtol=1e-4) is not None:
+        return ("your neurons are right, but your clean activations are not theirs at `pos` (clean run, "
+                "hook_post[0, pos, indices])")
+    if close(noised_acts, want[2], atol=1e-4, rtol=1e-4) is not None:
+        return ("your neurons are right, but your noised activations are not their mean over the noised runs at "
+                "`pos` (hook_post[:, pos, indices].mean(0))")
+    return None
 
 
 EXERCISES = [
@@ -534,4 +695,9 @@ EXERCISES = [
     Exercise(id="04.6", function="causal_trace_grid", title="The causal trace", cases=grid_cases,
              reference=grid_reference, compare=grid_compare,
              library=("minimech.analysis.tracing.causal_trace",)),
+    Exercise(id="04.7", function="recovered_fraction_grid", title="The fraction recovered", cases=fraction_cases,
+             reference=fraction_reference, compare=fraction_compare, uses=("04.4", "04.6"),
+             library=("minimech.analysis.tracing.causal_trace",)),
+    Exercise(id="04.8", function="noise_sensitive_neurons", title="The neurons the noise moves", cases=neuron_cases,
+             reference=neuron_reference, compare=neuron_compare),
 ]

@@ -18,25 +18,31 @@
 # the model forgets which country it is, then restore one clean hidden state at a time and watch which one brings
 # the answer back.
 #
-# You will do both on minimech's default model, **mini-4l** (4 layers, d_mlp 256, trained on minimech's corpus, whose
-# fact documents state capitals, languages and continents of 60 countries), on prompts phrased in ways it never saw
-# in training. The finding resembles ROME's picture of GPT-2, with instructive differences.
+# Causal tracing has a trap, and you will measure it: restoring a state at a noised token also restores *which
+# token it was*, whatever the task. So every trace needs a **control** beside it, the same restoration at a noised
+# token that is not a fact's subject. Only where the fact's trace beats the control does it show a fact being
+# looked up rather than a token being recognised.
 #
-# **Working on it**: `minimech start 04`, fill in each `# EXERCISE 04.k`, `python lesson.py` (figures go to
-# `./minimech-out/`), `minimech check 04`, `minimech hint 04.k`. `--model gpt2` runs it on GPT-2 small when its
-# weights are on this machine.
+# You work on minimech's default shipped model, on fact prompts phrased in ways it never saw in training. Before
+# each measurement you write down a prediction (`prediction_1 = ...`); the checks record that you made one, never
+# whether it was right. Figures go to `./minimech-out/` (inline in a notebook: `minimech start 04 --notebook`).
+#
+# **Working on it**: `minimech start 04`, fill in each `# EXERCISE 04.k`, `python lesson.py`, `minimech check 04`,
+# `minimech hint 04.k`. `--model gpt2` runs it on GPT-2 small when its weights are on this machine.
 
 # %%
 import argparse
 from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 import minimech
 from minimech import plot
-from minimech.analysis import causal_trace, find_subject_positions
+from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import memory_logits, search_corpus, top_activating
+from minimech.notebook import show
 from minimech.training.corpus import Corpus
 
 MAIN = __name__ == "__main__"
@@ -59,6 +65,8 @@ def demo(what: str):
         yield
     except NotImplementedError as e:
         print(f"   skipped: {e}")
+    except NameError as e:  # a result an earlier, skipped cell would have made
+        print(f"   skipped: {e} (an earlier cell was skipped)")
 
 
 def first_token(model, text: str) -> int:
@@ -73,10 +81,12 @@ def top_token(model, prompt: str) -> int:
 if MAIN:
     args = parse_args()
     torch.set_grad_enabled(False)
-    OUT.mkdir(exist_ok=True)
     model = minimech.load(args.model)
+    if model.cfg.d_model <= 256:
+        torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
     print(model)
-    facts = Corpus(seed=0).fact_eval("heldout")  # held-out paraphrases: phrasings never seen in training
+    corpus = Corpus(seed=0)  # the corpus the shipped models were trained on
+    facts = corpus.fact_eval("heldout")  # held-out phrasings: word orders never used for these facts in training
     known = [f for f in facts if top_token(model, f.prompt) == first_token(model, f.answer)]
     print(f"{len(facts)} held-out fact prompts; the model's top token is the answer's first token on {len(known)}")
     for f in facts[:3]:
@@ -158,7 +168,7 @@ if MAIN:
 # every prompt and would fill the list with copies.
 #
 # `top_activating_positions(model, layer, index, tokens, k)`: `tokens` `[n, pos]` →
-# `(values [k], prompt indices [k], positions [k])`.
+# `(values [k], prompt indices [k], positions [k])`, positions counted in `tokens` (the BOS is position 0).
 
 # %%
 def top_activating_positions(model, layer: int, index: int, tokens: torch.Tensor, k: int):
@@ -170,7 +180,7 @@ def top_activating_positions(model, layer: int, index: int, tokens: torch.Tensor
 # %%
 if MAIN:
     tok = model.tokenizer
-    rows = [[tok.bos_id] + tok.encode(d) for d in Corpus(seed=0).training_documents(200, seed=1)]
+    rows = [[tok.bos_id] + tok.encode(d) for d in corpus.training_documents(200, seed=1)]
     doc_tokens = torch.tensor([r[:24] for r in rows if len(r) >= 24][:64])  # [64, 24]: BOS + 23 tokens each
     with demo("04.3 where L0M0 fires"):
         values, prompt_ids, positions = top_activating_positions(model, 0, 0, doc_tokens, 5)
@@ -195,7 +205,7 @@ if MAIN:
 # Run the prompt once per noise sample (`tokens.expand(samples, -1)`) with `noise[s]` added to the token embeddings
 # (`hook_embed`, `[batch, pos, d_model]`) at `subject_positions` in run `s`, and return each run's probability of
 # the answer at the last position. `minimech.analysis.find_subject_positions(model, tokens, "France")` finds the
-# subject's tokens (a country can be several tokens: 'G', 'ree', 'ce').
+# subject's tokens (a name can be several tokens).
 #
 # `noised_answer_probs(model, tokens, subject_positions, answer, noise)`: `tokens` `[1, pos]`, `answer` a token id,
 # `noise` `[samples, n_subject, d_model]` → `[samples]`.
@@ -208,7 +218,39 @@ def noised_answer_probs(model, tokens: torch.Tensor, subject_positions: list, an
     raise NotImplementedError("EXERCISE 04.4: a hook_embed hook adding noise at subject_positions; softmax at -1")
 
 
+# %%
+if MAIN:
+    usable = known or facts  # facts the model gets right (a model that knows none: all of them, for the code's sake)
+    fact = next((f for f in usable if f.relation == "capital"), usable[0])  # a capital the model gets right
+    tokens = model.to_tokens(fact.prompt)  # [1, pos]
+    str_tokens = model.to_str_tokens(tokens)
+    answer = first_token(model, fact.answer)
+    subject = find_subject_positions(model, tokens, fact.subject)
+    std = 3 * model.W_E.std().item()  # ROME's noise scale
+    noise = torch.randn(10, len(subject), model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * std
+    clean_prob = model(tokens)[0, -1].softmax(-1)[answer].item()
+    print(f"\n{fact.prompt!r} -> {fact.answer!r}: clean P = {clean_prob:.3f}; subject {fact.subject!r} at positions "
+          f"{subject} of {str_tokens}")
+
 # %% [markdown]
+# Before running it: with the subject's embeddings drowned in noise three times their own size, how much of the clean
+# P(answer) printed above will be left?
+
+# %%
+prediction_1 = None  # your guess: the mean P(answer) over the noised runs, e.g. 0.3
+
+# %%
+if MAIN:
+    with demo("04.4 noising the subject"):
+        noised = noised_answer_probs(model, tokens, subject, answer, noise)  # [10]
+        print(f"   noised: P = {noised.mean():.3f} (samples from {noised.min():.3f} to {noised.max():.3f}); "
+              f"clean {clean_prob:.3f}")
+
+# %% [markdown]
+# Compare with your guess. If the noised P is close to zero, the model depends on *which* subject it reads, and
+# the trace below has a wide range to recover; if it stays high, the answer is guessable without the subject (a
+# relation with few possible answers), and a trace would show little.
+#
 # ## Exercise 04.5: Restoring one state
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★★★ · about 15 minutes
@@ -228,16 +270,27 @@ def restored_answer_prob(model, tokens: torch.Tensor, subject_positions: list, a
     raise NotImplementedError("EXERCISE 04.5: noise hook + a hook writing the clean state at (layer, pos)")
 
 
+# %%
+if MAIN:
+    last = tokens.shape[1] - 1
+    with demo("04.5 restoring one state"):
+        for kind, layer, pos in [("mlp", 0, subject[-1]), ("mlp", 0, last), ("resid", 0, subject[-1]),
+                                 ("attn", model.cfg.n_layers - 1, last)]:
+            p = restored_answer_prob(model, tokens, subject, answer, noise, kind, layer, pos)
+            print(f"   restore {kind:5} of layer {layer} at position {pos} ({str_tokens[pos]!r}): P = {p:.3f}")
+
 # %% [markdown]
 # ## Exercise 04.6: The whole trace
 #
 # > **Difficulty** ★★★ · **Importance** ★★★★☆ · about 15 minutes
 #
 # Now every layer and every position. ROME restores a **window** of layers around `l` for MLPs and attention (10 in
-# GPT-2 XL), because one MLP's output alone is a small part of the stream: for window `w`, restore layers
-# `max(0, l - w // 2)` up to `l + ceil(w / 2)` (exclusive, and clipped to the model), all at the same position.
-# With `w = 1` that is layer `l` alone. One forward per cell is fine; restoring every position at once in a batch
-# of `pos × samples` rows is how `minimech.analysis.causal_trace` does it.
+# GPT-2 XL), because one MLP's output alone is a small part of the stream: for window `w` and kind `"mlp"` or
+# `"attn"`, restore layers `max(0, l - w // 2)` up to `l + ceil(w / 2)` (exclusive, and clipped to the model), all
+# at the same position. With `w = 1` that is layer `l` alone. The residual stream is **never** windowed: its state
+# after layer `l` already contains every earlier layer's output, so `"resid"` restores layer `l` alone whatever the
+# window. One forward per cell is fine; restoring every position at once in a batch of `pos × samples` rows is how
+# `minimech.analysis.causal_trace` does it.
 #
 # `causal_trace_grid(model, tokens, subject_positions, answer, noise, kind, window=1)` → `[n_layers, pos]`, the
 # mean P(answer) of each restored run.
@@ -247,114 +300,202 @@ def causal_trace_grid(model, tokens: torch.Tensor, subject_positions: list, answ
                       kind: str, window: int = 1) -> torch.Tensor:
     """-> [n_layers, pos]: mean P(answer) with the clean state restored at each (layer, position)."""
     # EXERCISE 04.6
-    raise NotImplementedError("EXERCISE 04.6: restored P(answer) for every layer (with its window) and position")
+    raise NotImplementedError("EXERCISE 04.6: restored P(answer) for every layer (window: mlp/attn) and position")
 
+
+# %% [markdown]
+# Before the trace: restoring which MLP brings the answer back most, and at which token: one of the subject's tokens,
+# the last token, or somewhere else? (ROME's answer for GPT-2 XL: early-middle MLPs at the subject's last token.)
 
 # %%
+prediction_2 = None  # your guess: the MLP layer and the token where restoring works best, e.g. (1, "subject's last")
+
+# %%
+def where(pos: int, subject_positions: list, n_pos: int) -> str:
+    """A position in words: the subject's last token, another subject token, the last token, or elsewhere."""
+    if pos == subject_positions[-1]:
+        return "the subject's last token"
+    if pos in subject_positions:
+        return "another subject token"
+    return "the last token" if pos == n_pos - 1 else "a token after the subject" if pos > subject_positions[-1] \
+        else "a token before the subject"
+
+
 if MAIN:
-    usable = known or facts  # facts the model gets right (a model that knows none: all of them, for the code's sake)
-    fact = next((f for f in usable if f.relation == "capital"), usable[0])  # a capital the model gets right
-    tokens = model.to_tokens(fact.prompt)  # [1, pos]
-    answer = first_token(model, fact.answer)
-    subject = find_subject_positions(model, tokens, fact.subject)
-    std = 3 * model.W_E.std().item()  # ROME's noise scale
-    noise = torch.randn(10, len(subject), model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * std
-    clean_prob = model(tokens)[0, -1].softmax(-1)[answer].item()
-    print(f"\n{fact.prompt!r} -> {fact.answer!r}: P = {clean_prob:.3f}; subject {fact.subject!r} at {subject}")
-    with demo("04.4 noising the subject"):
-        noised = noised_answer_probs(model, tokens, subject, answer, noise)  # [10]
-        print(f"   noised: P = {noised.mean():.3f} (samples from {noised.min():.3f} to {noised.max():.3f})")
-    last = tokens.shape[1] - 1
-    with demo("04.5 restoring one state"):
-        for kind, layer, pos in [("mlp", 0, subject[-1]), ("mlp", 0, last), ("resid", 0, subject[-1]),
-                                 ("attn", 0, last)]:
-            p = restored_answer_prob(model, tokens, subject, answer, noise, kind, layer, pos)
-            print(f"   restore {kind:5} of layer {layer} at {model.to_str_tokens(tokens)[pos]!r:10}: P = {p:.3f}")
     with demo("04.6 the causal trace, every kind"):
         grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind) for kind in KIND_HOOKS}
         toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=10, seed=0)
         print(f"   max |yours - causal_trace| = {max((grids[k] - toolkit.scores[k]).abs().max() for k in grids):.2e}")
         for kind, grid in grids.items():
             layer, pos = divmod(int(grid.argmax()), grid.shape[1])
-            print(f"   {kind:5}: peak P = {grid.max():.3f} at layer {layer}, {model.to_str_tokens(tokens)[pos]!r}")
-        path = plot.trace(grids, model.to_str_tokens(tokens), OUT / "04_causal_trace.png", subject_positions=subject,
-                          title=f"{fact.prompt!r} -> {fact.answer!r}")
-        print(f"   figure: {path}")
+            print(f"   {kind:5}: peak P = {grid.max():.3f} at layer {layer}, position {pos} ({str_tokens[pos]!r}, "
+                  f"{where(pos, subject, len(str_tokens))})")
+        show(plot.trace(grids, str_tokens, OUT / "04_causal_trace.png", subject_positions=subject,
+                        title=f"{fact.prompt!r} -> {fact.answer!r}"))
 
 # %% [markdown]
-# On mini-4l the answer comes back when the **MLP of layer 0 at the subject** is restored (P about 0.14 of 0.87 on
-# this prompt, against 0.000 noised), not at the end: restoring MLP 0, or layer 0's attention, at the last token
-# gives nothing (0.000). The whole residual stream at the subject after layer 0 does better (0.37), and still helps
-# after layer 1 (0.22, in the figure) but not after layer 2: layer 2's attention is what reads the subject from its
-# own position. No single attention layer at the last token restores much (0.03 at layer 3), but layers 2 and 3
-# together do (0.30: try `causal_trace_grid(..., "attn", window=2)`). The picture: MLP 0 works on the subject at
-# its own token, late attention carries the result to the last token, and the MLPs there (MLP 3 most) write most of
-# the answer's logit.
+# Read the three panels against your guess. In the residual stream the answer can come back at the subject only up
+# to the layer whose attention moves the subject's information to the last token; after that, only the last token's
+# stream restores it. The MLP and attention panels say which components carry it. But a bright cell at the subject
+# is not yet evidence of a *fact*: the next section asks what the same restoration does when nothing is looked up.
+#
+# ## The control: restoring a token's identity
+#
+# Noise a token, restore the clean MLP output at that token, and the network learns again *which token it was*, for
+# any task that needs that token. A fair comparison noises a token whose identity the answer needs but which is not
+# a fact's subject: in an IOI prompt ("When Mary and John went to the store, John gave a drink to"), the indirect
+# object's name. The model must copy that name to answer; no fact about Mary is looked up. If restoring an MLP at
+# the noised name recovers as much as restoring it at the fact's subject, the fact's trace there shows identity
+# restoration, not recall.
+#
+# Probabilities are not comparable across prompts (the clean P differs), so compare the **fraction of the lost
+# probability a restoration recovers**: (P_restored − P_noised) / (P_clean − P_noised), 1 for a full recovery, 0
+# for none.
+#
+# ## Exercise 04.7: The fraction recovered
+#
+# > **Difficulty** ★☆☆ · **Importance** ★★★★☆ · about 10 minutes
+#
+# Use your 04.4 and 04.6: the clean P(answer) (one run without noise), the noised P(answer) (the mean over your
+# 04.4's samples), and your 04.6's grid; return (grid − P_noised) / (P_clean − P_noised).
+#
+# `recovered_fraction_grid(model, tokens, noised_positions, answer, noise, kind, window=1)` → `[n_layers, pos]`.
+
+# %%
+def recovered_fraction_grid(model, tokens: torch.Tensor, noised_positions: list, answer: int, noise: torch.Tensor,
+                            kind: str, window: int = 1) -> torch.Tensor:
+    """-> [n_layers, pos]: (P_restored - P_noised) / (P_clean - P_noised) from your 04.4 and 04.6."""
+    # EXERCISE 04.7
+    raise NotImplementedError("EXERCISE 04.7: clean P, noised P (your 04.4, mean), your 04.6 grid; normalise")
+
+
+# %%
+if MAIN:
+    # An IOI prompt the model gets right, with the indirect object's name noised (not a subject of any fact).
+    ioi = ioi_dataset(model, n=8)
+    right = [i for i in range(len(ioi)) if int(model(ioi.tokens[i:i + 1])[0, -1].argmax()) == int(ioi.io_tokens[i])]
+    pick = right[0] if right else 0
+    ioi_tokens, io_pos = ioi.tokens[pick:pick + 1], [int(ioi.io_pos[pick])]
+    ioi_answer, ioi_str = int(ioi.io_tokens[pick]), model.to_str_tokens(ioi.tokens[pick])
+    ioi_noise = torch.randn(10, 1, model.cfg.d_model, generator=torch.Generator().manual_seed(1)) * std
+    print(f"\n   control prompt {ioi.prompts[pick]!r}: the name {ioi_str[io_pos[0]]!r} at position {io_pos[0]} noised")
+
+# %% [markdown]
+# Before measuring: at its best, will restoring one MLP at the noised IOI name recover a larger or a smaller fraction
+# than the best MLP restoration at the fact's subject?
+
+# %%
+prediction_3 = None  # your guess: the best MLP fraction for the fact and for the IOI name, e.g. (0.4, 0.1)
+
+# %%
+if MAIN:
+    with demo("04.7 the fact's trace beside the control's"):
+        fact_frac = recovered_fraction_grid(model, tokens, subject, answer, noise, "mlp")  # [n_layers, pos]
+        control_frac = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "mlp")
+        at_subject = fact_frac[:, subject[-1]]  # [n_layers]: MLP l restored at the subject's last token
+        at_name = control_frac[:, io_pos[0]]  # [n_layers]: MLP l restored at the noised name
+        for layer in range(model.cfg.n_layers):
+            print(f"   MLP {layer}: fact, at the subject's last token {at_subject[layer]:+.2f}; control, at the noised "
+                  f"name {at_name[layer]:+.2f}; fact, at the last token {fact_frac[layer, -1]:+.2f}")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        for ax, grid, labels, marked, title in [
+                (axes[0], fact_frac, str_tokens, subject, f"fact: {fact.prompt!r}"),
+                (axes[1], control_frac, ioi_str, io_pos, "control: an IOI name noised")]:
+            image = ax.imshow(grid.T.numpy(), cmap="Purples", vmin=0, vmax=1, aspect="auto")
+            ax.set_yticks(range(len(labels)), [f"{t!r}*" if p in marked else repr(t) for p, t in enumerate(labels)],
+                          fontsize=7)
+            ax.set_xticks(range(model.cfg.n_layers))
+            ax.set(xlabel="MLP restored", title=title)
+        fig.colorbar(image, ax=axes, label="fraction of the lost P recovered (* noised)")
+        show(fig, OUT / "04_trace_and_control.png")
+
+# %% [markdown]
+# Compare the two columns layer by layer. Where the control recovers as much as the fact (or more), restoring that
+# MLP at the noised token gives back the token, not a fact: it cannot count as the place of recall. What is left is
+# the difference: an MLP whose restoration at the subject recovers clearly more than the same restoration at a
+# noised name is doing something for facts that it does not do for any token. GPT-2's answer in ROME is a band of
+# early-middle MLPs at the subject's last token; a small model may have no such band, or have it at the last token
+# instead. The toolkit's `causal_trace(...)` with its `indirect_effect` is how you would run traces in practice.
 #
 # ## Is that true of every fact?
 #
 # One prompt proves little. Trace many held-out facts the model gets right and count where the MLP trace peaks.
 
+# %% [markdown]
+# Before the survey: on what share of facts will the MLP trace peak at the subject's last token?
+
+# %%
+prediction_4 = None  # your guess: the share of facts whose MLP peak is at the subject's last token, e.g. 0.5
+
 # %%
 if MAIN:
-    survey = usable[:: max(1, len(usable) // 12)][:12]
+    relations = sorted({f.relation for f in usable})
+    survey = []  # up to 12 facts, spread over the relations and the subjects
+    for relation in relations:
+        some = [f for f in usable if f.relation == relation]
+        survey += some[:: max(1, len(some) // (12 // len(relations)))][: 12 // len(relations)]
     peaks = {}
     for f in survey:
         toks = model.to_tokens(f.prompt)
         trace = causal_trace(model, toks, first_token(model, f.answer), f.subject, samples=5, kinds=("mlp",))
         layer, pos = trace.peak("mlp")
-        where = ("last token" if pos == toks.shape[1] - 1 else "subject's last token"
-                 if pos == trace.subject_positions[-1] else "another token")
-        peaks[(layer, where)] = peaks.get((layer, where), 0) + 1
-    print(f"\n   MLP trace peaks over {len(survey)} facts: "
-          + ", ".join(f"layer {l}, {w}: {n}" for (l, w), n in sorted(peaks.items())))
+        key = (layer, where(pos, trace.subject_positions, toks.shape[1]))
+        peaks[key] = peaks.get(key, 0) + 1
+    print(f"\n   MLP trace peaks over {len(survey)} facts ({len({f.relation for f in survey})} relations): "
+          + ", ".join(f"MLP {l} at {w}: {n}" for (l, w), n in sorted(peaks.items())))
 
 # %% [markdown]
-# The survey is one phrasing, "X's capital city is", for 12 countries. On mini-4l ten of them peak in MLP 0 on the
-# subject: at its last token for countries of one token (France, China, ...), often at an earlier token for longer
-# ones ('ree' in 'G', 'ree', 'ce'; the cell counts those as "another token"), where no one restored MLP brings back much
-# (at most 0.06). Two (Denmark, Zimbabwe) peak in MLP 3 at the last token, with almost nothing recovered anywhere.
-# Over all 360 held-out facts: 205 peak in MLP 0 on a subject token, 140 in MLP 3 at the last token, 81 of those
-# continents (the model card's 24 capitals and languages: 10 at the subject's last token, 7 elsewhere in layer 0).
-# In ROME's GPT-2 XL traces the MLP effect peaks in early-middle layers at the **subject's last token**, and
-# attention carries the result to the end later. mini-4l keeps that order in four layers: the lookup is in its very
-# first MLP, and continents, with only six possible answers, are mostly settled at the end by its last MLP.
+# Compare the counts with your guess, and with the control above: a peak at a subject token in a layer where the
+# control recovers as much is identity restoration; a peak at the last token is the answer being written where it
+# is read. Which relations peak where is printed in the survey's facts (`survey`); continents, with only a handful
+# of possible answers, need less from the subject than capitals do.
 #
 # ## Which memories?
 #
-# Which of MLP 0's 256 neurons do the work? A first cut: the neurons whose activation the noise changes most, their
-# values through the unembedding, and the contexts where they fire most. The cell reads them at the subject's last
-# token, where the trace says MLP 0 matters (try the last token, `-1`, too: the noise moves MLP 0's neurons about
-# three times less there).
+# Which neurons carry what the trace found? A first cut: the neurons whose activation the noise changes most, read
+# at one position, their values through the unembedding, and the contexts where they fire most.
+#
+# ## Exercise 04.8: The neurons the noise moves
+#
+# > **Difficulty** ★★☆ · **Importance** ★★★☆☆ · about 10 minutes
+#
+# Cache `blocks.{layer}.mlp.hook_post` on a clean run and on the noised runs (the noise added as in 04.4), read both
+# at the one position `pos`, and return the `k` neurons whose clean activation differs most (in absolute value) from
+# the mean over the noised runs, largest change first, with the two activations at `pos`.
+#
+# `noise_sensitive_neurons(model, tokens, noised_positions, noise, layer, pos, k)` →
+# `(indices [k], clean activations [k], mean noised activations [k])`.
+
+# %%
+def noise_sensitive_neurons(model, tokens: torch.Tensor, noised_positions: list, noise: torch.Tensor, layer: int,
+                            pos: int, k: int):
+    """-> (indices [k], clean [k], noised mean [k]) at position pos, by |clean - noised mean|, largest first."""
+    # EXERCISE 04.8
+    raise NotImplementedError("EXERCISE 04.8: hook_post at pos, clean and noised (mean over samples); top-k |change|")
+
 
 # %%
 if MAIN:
-    names = ["blocks.0.mlp.hook_post"]
-    _, clean_cache = model.run_with_cache(tokens, names=names)
-
-    def add_noise(embed, hook):
-        embed = embed.clone()
-        embed[:, subject] = embed[:, subject] + noise
-        return embed
-
-    with model.hooks([("hook_embed", add_noise)]):
-        _, noised_cache = model.run_with_cache(tokens.expand(len(noise), -1), names=names)
-    at = subject[-1]
-    change = clean_cache[names[0]][0, at] - noised_cache[names[0]][:, at].mean(0)  # [d_mlp]
-    for index in change.abs().topk(2).indices.tolist():
-        memory = model.blocks[0].mlp.memories[index]
-        found, _ = search_corpus(memory, model, n_documents=150, k=3)
-        print(f"\n   {memory.name}: activation {clean_cache[names[0]][0, -1, index]:+.2f} clean, "
-              f"{change[index]:+.2f} above the noised runs; promotes {[t for t, _ in memory.top_tokens(6)]}")
-        for hit in found:
-            print(f"      fires {hit.activation:.2f} at ...{hit.context[-50:]!r}")
+    with demo("04.8 the neurons the noise moves most"):
+        mlp_layer = int(grids["mlp"][:, subject[-1]].argmax())  # the MLP whose restoration at the subject helps most
+        at = subject[-1]
+        indices, clean_acts, noised_acts = noise_sensitive_neurons(model, tokens, subject, noise, mlp_layer, at, 2)
+        print(f"   MLP {mlp_layer} at position {at} ({str_tokens[at]!r}), the subject's last token; both activations "
+              "are read there")
+        for index, c, n in zip(indices.tolist(), clean_acts.tolist(), noised_acts.tolist()):
+            memory = model.blocks[mlp_layer].mlp.memories[index]
+            found, _ = search_corpus(memory, model, n_documents=150, k=3)
+            print(f"\n   {memory.name}: activation {c:+.2f} clean, {n:+.2f} noised (mean); promotes "
+                  f"{[t for t, _ in memory.top_tokens(6)]}")
+            for hit in found:
+                print(f"      fires {hit.activation:.2f} at ...{hit.context[-50:]!r}")
 
 # %% [markdown]
-# Expect a mixed picture, at either position: the neurons that move most are not "France neurons". Their values
-# promote a handful of unrelated tokens, and they fire in several kinds of text. MLP 0's contribution to the answer
-# is *indirect* (at the subject it writes to another position than the answer's; MLPs 1 to 3 at the last token write
-# the answer), and spread over many neurons: superposition (lesson 05) is the usual explanation for neurons that mean
-# several things at once.
+# Expect a mixed picture: the neurons that move most are rarely "France neurons". Their values promote a handful of
+# unrelated tokens, and they fire in several kinds of text. An MLP at the subject writes to the subject's position,
+# not to the answer's: its effect on the answer is *indirect*, through the heads that later read that position, and
+# it is spread over many neurons. Superposition (lesson 05) is the usual explanation for neurons that mean several
+# things at once. (Try `pos = -1`, the last token, to see what the noise does to the neurons there.)
 #
 # ## With GPT-2's own weights
 #
@@ -375,15 +516,15 @@ if MAIN:
                 draws = torch.randn(3, len(sp), model.cfg.d_model, generator=torch.Generator().manual_seed(0))
                 grid = causal_trace_grid(model, toks, sp, first_token(model, f.answer), draws * std, "mlp", window=5)
                 layer, pos = divmod(int(grid.argmax()), grid.shape[1])
-                last = toks.shape[1] - 1
-                where = "subject's last token" if pos == sp[-1] else "last token" if pos == last else "elsewhere"
-                print(f"   {f.prompt!r}: MLP peak at layer {layer}, {where}")
+                print(f"   {f.prompt!r}: MLP peak at layer {layer}, {where(pos, sp, toks.shape[1])}")
 
 # %% [markdown]
 # ## What you found
 #
 # An MLP neuron is a key-value pair you can read: its value through the unembedding, its key through the contexts
-# that make it fire. Causal tracing finds *where* a fact is needed; on mini-4l, as in GPT-2, that is an early MLP at
-# the subject (MLP 0, before attention has moved anything), with late attention carrying the result to the end;
-# continents are mostly settled at the end by MLP 3. Reading single neurons gives no clean "France → Paris" memory:
-# the lookup is spread across many of them.
+# that make it fire. Causal tracing finds where a clean state is *sufficient* to bring an answer back, and the
+# control tells you how much of that is only the token's identity coming back. The README's summary (read it now)
+# gives the figures measured on the shipped model.
+
+if MAIN:
+    print(f"\nfigures written to {OUT.resolve()}")

@@ -78,12 +78,38 @@ def restored_answer_prob(model, tokens: torch.Tensor, subject_positions: list, a
 
 def causal_trace_grid(model, tokens: torch.Tensor, subject_positions: list, answer: int, noise: torch.Tensor,
                       kind: str, window: int = 1) -> torch.Tensor:
-    """-> [n_layers, pos]: mean P(answer) with the clean state restored at each (layer, position); a window of
-    layers around each layer for window > 1 (ROME's: layers max(0, l - w // 2) up to l + ceil(w / 2), exclusive)."""
+    """-> [n_layers, pos]: mean P(answer) with the clean state restored at each (layer, position); for "mlp" and
+    "attn" a window of layers around each layer (ROME's: layers max(0, l - w // 2) up to l + ceil(w / 2), exclusive);
+    "resid" is never windowed (the stream after layer l already holds every earlier layer's output)."""
     n_layers, n_pos = model.cfg.n_layers, tokens.shape[1]
+    width = 1 if kind == "resid" else window
     out = torch.zeros(n_layers, n_pos)
     for layer in range(n_layers):
-        layers = range(max(0, layer - window // 2), min(n_layers, layer + (window + 1) // 2))
+        layers = range(max(0, layer - width // 2), min(n_layers, layer + (width + 1) // 2))
         for pos in range(n_pos):
             out[layer, pos] = _restored_probs(model, tokens, subject_positions, answer, noise, kind, layers, pos).mean()
     return out
+
+
+def recovered_fraction_grid(model, tokens: torch.Tensor, noised_positions: list, answer: int, noise: torch.Tensor,
+                            kind: str, window: int = 1) -> torch.Tensor:
+    """-> [n_layers, pos]: (P_restored - P_noised) / (P_clean - P_noised), the share of the probability the noise
+    took away that each restoration gives back (04.4's noised runs, 04.6's grid)."""
+    clean = model(tokens)[0, -1].softmax(-1)[answer]
+    noised = noised_answer_probs(model, tokens, noised_positions, answer, noise).mean()
+    grid = causal_trace_grid(model, tokens, noised_positions, answer, noise, kind, window)  # [n_layers, pos]
+    return (grid - noised) / (clean - noised)
+
+
+def noise_sensitive_neurons(model, tokens: torch.Tensor, noised_positions: list, noise: torch.Tensor, layer: int,
+                            pos: int, k: int):
+    """-> (indices [k], clean activations [k], mean noised activations [k]): the k neurons of MLP `layer` whose
+    activation at position pos changes most (|clean - mean noised|) when the noise is added, largest first."""
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, clean_cache = model.run_with_cache(tokens, names=[name])
+    with model.hooks([("hook_embed", _noise_hook(noised_positions, noise))]):
+        _, noised_cache = model.run_with_cache(tokens.expand(noise.shape[0], -1), names=[name])
+    clean = clean_cache[name][0, pos]  # [d_mlp]
+    noised = noised_cache[name][:, pos].mean(0)  # [d_mlp]: the same position in every noised run
+    indices = (clean - noised).abs().topk(k).indices
+    return indices, clean[indices], noised[indices]

@@ -44,11 +44,11 @@ def ablate_whole_layers(model, tokens, heads, reference_tokens):
 
 # ---- 06.2 damage_table ----------------------------------------------------------------------------------------------
 
-def _table(model, behaviours, heads, fill="mean", swap=False, change=False):
+def _table(model, behaviours, heads, fill="mean", swap=False, change=False, own_tokens=False):
     rows = []
-    for tokens, metric in behaviours.values():
+    for tokens, reference, metric in behaviours.values():
         before = metric(model(tokens)).item()
-        after = metric(_ablate(model, tokens, heads, tokens, fill=fill)).item()
+        after = metric(_ablate(model, tokens, heads, tokens if own_tokens else reference, fill=fill)).item()
         if change:
             after = after - before
         rows.append([after, before] if swap else [before, after])
@@ -65,6 +65,10 @@ def damage_change_not_after(model, behaviours, heads):
 
 def damage_zero_ablation(model, behaviours, heads):
     return _table(model, behaviours, heads, fill="zero")
+
+
+def damage_means_of_own_tokens(model, behaviours, heads):
+    return _table(model, behaviours, heads, own_tokens=True)  # the reference prompts never used
 
 
 # ---- 06.3 steering_vector -------------------------------------------------------------------------------------------
@@ -120,7 +124,98 @@ def steer_without_coeff(model, tokens, hook, vector, coeff, pos=None):
     return _steer(model, tokens, hook, vector, 1.0, slice(None) if pos is None else pos)
 
 
-# ---- 06.5 rome_update -----------------------------------------------------------------------------------------------
+# ---- 06.5 steering_by_layer -----------------------------------------------------------------------------------------
+
+def _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_pre", where=-1,
+              probs=False):
+    out = []
+    for layer in range(model.cfg.n_layers):
+        hook = f"blocks.{layer}.{kind}"
+        vector = _last(model, positive, hook).mean(0) - _last(model, negative, hook).mean(0)
+        diffs = []
+        for prompt in prompts:
+            last = _steer(model, model.to_tokens(prompt), hook, vector, coeff, where)[0, -1]
+            last = last.softmax(-1) if probs else last
+            diffs.append(last[target] - last[baseline])
+        out.append(torch.stack(diffs).mean())
+    return torch.stack(out)
+
+
+def by_layer_resid_post(model, positive, negative, prompts, target, baseline, coeff=1.0):
+    return _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_post")
+
+
+def by_layer_every_position(model, positive, negative, prompts, target, baseline, coeff=1.0):
+    return _by_layer(model, positive, negative, prompts, target, baseline, coeff, where=slice(None))
+
+
+def by_layer_probabilities(model, positive, negative, prompts, target, baseline, coeff=1.0):
+    return _by_layer(model, positive, negative, prompts, target, baseline, coeff, probs=True)
+
+
+# ---- 06.6 key_second_moment ------------------------------------------------------------------------------------------
+
+def _moment(model, layer, tokens, mask, centre=False, every=False):
+    name = f"blocks.{layer}.mlp.hook_post"
+    keys = model.run_with_cache(tokens, names=[name])[1][name]
+    keys = keys.flatten(0, 1) if every else keys[mask]
+    if centre:
+        keys = keys - keys.mean(0)
+    return keys.T @ keys / len(keys)
+
+
+def moment_centred(model, layer, tokens, mask):
+    return _moment(model, layer, tokens, mask, centre=True)
+
+
+def moment_ignores_mask(model, layer, tokens, mask):
+    return _moment(model, layer, tokens, mask, every=True)
+
+
+def moment_over_rows(model, layer, tokens, mask):
+    name = f"blocks.{layer}.mlp.hook_post"
+    keys = model.run_with_cache(tokens, names=[name])[1][name][mask]
+    return keys.T @ keys / tokens.shape[0]  # divides by the number of prompts
+
+
+# ---- 06.7 value_delta -----------------------------------------------------------------------------------------------
+
+def _delta(model, tokens, pos, layer, target, steps, lr, max_norm, sign=1.0, clip=True):
+    delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)
+
+    def add(act, hook):
+        act = act.clone()
+        act[:, pos] = act[:, pos] + delta
+        return act
+    for _ in range(steps):
+        with torch.enable_grad(), model.hooks([(f"blocks.{layer}.hook_mlp_out", add)]):
+            loss = -sign * model(tokens)[0, -1].log_softmax(-1)[target]
+            (delta.grad,) = torch.autograd.grad(loss, [delta])
+        optimiser.step()
+        if clip:
+            with torch.no_grad():
+                delta.mul_(min(1.0, max_norm / (delta.norm().item() + 1e-12)))
+    return delta.detach()
+
+
+def delta_at_last_token(model, tokens, subject_pos, layer, target, steps=60, lr=0.5, max_norm=10.0):
+    return _delta(model, tokens, tokens.shape[1] - 1, layer, target, steps, lr, max_norm)
+
+
+def delta_not_clipped(model, tokens, subject_pos, layer, target, steps=60, lr=0.5, max_norm=10.0):
+    return _delta(model, tokens, subject_pos, layer, target, steps, lr, max_norm, clip=False)
+
+
+def delta_ascends_the_loss(model, tokens, subject_pos, layer, target, steps=60, lr=0.5, max_norm=10.0):
+    return _delta(model, tokens, subject_pos, layer, target, steps, lr, max_norm, sign=-1.0)
+
+
+def delta_without_gradients(model, tokens, subject_pos, layer, target, steps=60, lr=0.5, max_norm=10.0):
+    return torch.zeros(model.cfg.d_model)  # the loss was computed under no_grad: nothing to step on
+
+
+# ---- 06.8 rome_update -----------------------------------------------------------------------------------------------
 
 def update_with_c_not_its_inverse(W, key, value, cov):
     c_key = cov @ key  # C k where ROME has C^-1 k
@@ -141,7 +236,7 @@ def update_ignores_the_covariance(W, key, value, cov):
     return torch.outer(key, value - key @ W) / (key @ key)  # as if C were the identity
 
 
-# ---- 06.6 edit_answer_probs -----------------------------------------------------------------------------------------
+# ---- 06.9 edit_answer_probs -----------------------------------------------------------------------------------------
 
 def _probs(model, prompts, answers):
     return torch.stack([model(model.to_tokens(p))[0, -1].softmax(-1)[a] for p, a in zip(prompts, answers)])
@@ -188,6 +283,7 @@ BUGS = [
     Bug("06.2", damage_columns_swapped, "swapped"),
     Bug("06.2", damage_change_not_after, "the change"),
     Bug("06.2", damage_zero_ablation, "zeros"),
+    Bug("06.2", damage_means_of_own_tokens, "reference_tokens"),
     Bug("06.3", vector_sign_flipped, "sign"),
     Bug("06.3", vector_padded_last_position, "padded batch"),
     Bug("06.3", vector_summed, "summed"),
@@ -195,12 +291,22 @@ BUGS = [
     Bug("06.4", steer_every_position, "every position"),
     Bug("06.4", steer_position_off_by_one, "one position too early"),
     Bug("06.4", steer_without_coeff, "coeff"),
-    Bug("06.5", update_with_c_not_its_inverse, "instead of its inverse"),
-    Bug("06.5", update_transposed, "transposed"),
-    Bug("06.5", update_forgets_the_old_value, "v* - W k"),
-    Bug("06.5", update_ignores_the_covariance, "identity"),
-    Bug("06.6", edit_subtracts, "subtracted"),
-    Bug("06.6", edit_padded_last_position, "padded batch"),
-    Bug("06.6", edit_rows_swapped, "swapped"),
-    Bug("06.6", edit_in_place_and_undo, "changed the model"),
+    Bug("06.5", by_layer_resid_post, "hook_resid_pre"),
+    Bug("06.5", by_layer_every_position, "last token only"),
+    Bug("06.5", by_layer_probabilities, "logit difference"),
+    Bug("06.6", moment_centred, "uncentred"),
+    Bug("06.6", moment_ignores_mask, "mask is True"),
+    Bug("06.6", moment_over_rows, "number of keys kept"),
+    Bug("06.7", delta_at_last_token, "subject's last token"),
+    Bug("06.7", delta_not_clipped, "max_norm"),
+    Bug("06.7", delta_ascends_the_loss, "LOWERS"),
+    Bug("06.7", delta_without_gradients, "all zeros"),
+    Bug("06.8", update_with_c_not_its_inverse, "instead of its inverse"),
+    Bug("06.8", update_transposed, "transposed"),
+    Bug("06.8", update_forgets_the_old_value, "v* - W k"),
+    Bug("06.8", update_ignores_the_covariance, "identity"),
+    Bug("06.9", edit_subtracts, "subtracted"),
+    Bug("06.9", edit_padded_last_position, "padded batch"),
+    Bug("06.9", edit_rows_swapped, "swapped"),
+    Bug("06.9", edit_in_place_and_undo, "changed the model"),
 ]

@@ -2,10 +2,12 @@
 an algebraic identity or a plain loop, on the lesson's model and on small random GPTs whose every parameter is
 random.
 
-Ground truth: ablation_damage's own ablated forward (06.1, its metric captures the logits), ablation_damage (06.2),
-steering_vector (06.3), steer (06.4), rank_one_update plus the update's defining properties (06.5: the key maps to
+Ground truth: ablation_damage's own ablated forward (06.1, its metric captures the logits), ablation_damage with
+each behaviour's reference prompts (06.2), steering_vector (06.3), steer (06.4), both at every layer (06.5), a plain
+loop of outer products (06.6), the probability a delta reaches against Adam written out with the same budget (06.7:
+any optimiser that gets as far passes), rank_one_update plus the update's defining properties (06.8: the key maps to
 the new value, rank one, a C^-1-orthogonal key is unchanged) and a one-prompt-at-a-time loop over an edited copy of
-the model (06.6). When an answer is wrong, the check recomputes the classic mistakes (zero instead of mean
+the model (06.9). When an answer is wrong, the check recomputes the classic mistakes (zero instead of mean
 ablation, means pooled over positions, the vector subtracted, the wrong position, C instead of C^-1, ...) and names
 the one the learner's answer matches; the reference's values are never shown.
 """
@@ -202,20 +204,23 @@ def _minus_loss(tokens):
 
 
 def _behaviours(model, gen) -> dict:
-    """Small versions of shipped_behaviours' four, on held-out data: {name: (tokens, metric)}."""
+    """Small versions of shipped_behaviours' four, on held-out data: {name: (tokens, reference_tokens, metric)}, each
+    reference other prompts of the same kind and width (IOI: the p_ABC prompts)."""
     corpus = Corpus(seed=0)
     ds = ioi_dataset(model, n=_int(gen, 4, 6), seed=_int(gen, 0, 10_000))
-    facts = _pick(gen, corpus.fact_eval("heldout"), 12)
-    fact_tokens = model.to_tokens([f.prompt for f in facts])  # [12, pos], right-padded
+    facts = _pick(gen, corpus.fact_eval("heldout"), 24)
+    both = model.to_tokens([f.prompt for f in facts])  # [24, pos], right-padded to one width
+    fact_tokens, fact_reference, facts = both[:12], both[12:], facts[:12]
     last = torch.tensor([model.to_tokens(f.prompt).shape[1] - 1 for f in facts])  # [12]
     answers = torch.tensor([model.to_tokens(f.answer, prepend_bos=False)[0, 0].item() for f in facts])
     rows = torch.arange(len(facts))
-    docs = corpus.training_documents(4, seed=90_000 + _int(gen, 0, 9_999))
-    text, real = prompt_batch(model, docs, truncate=True)  # [4, pos] each, right-padded
-    text = text[:, :min(24, int(real.sum(1).min()))]  # [4, width]: each document's first tokens, no padding
-    return {"ioi": (ds.tokens, ds.logit_diff()),
-            "facts": (fact_tokens, lambda logits: logits[rows, last].log_softmax(-1)[rows, answers].mean()),
-            "text": (text, _minus_loss(text))}
+    docs = corpus.training_documents(8, seed=90_000 + _int(gen, 0, 9_999))
+    text, real = prompt_batch(model, docs, truncate=True)  # [8, pos] each, right-padded
+    text = text[:, :min(24, int(real.sum(1).min()))]  # [8, width]: each document's first tokens, no padding
+    return {"ioi": (ds.tokens, ds.abc().tokens, ds.logit_diff()),
+            "facts": (fact_tokens, fact_reference,
+                      lambda logits: logits[rows, last].log_softmax(-1)[rows, answers].mean()),
+            "text": (text[:4], text[4:], _minus_loss(text[:4]))}
 
 
 def damage_cases(ctx) -> list[Case]:
@@ -232,25 +237,28 @@ def damage_cases(ctx) -> list[Case]:
     rand = _random_gpt(ctx, gen)
     v = rand.cfg.d_vocab
     first, second = torch.randint(0, v, (3, 6), generator=gen), torch.randint(0, v, (2, 9), generator=gen)
-    own = {"token": (first, _token_metric(_int(gen, 0, v - 1))), "loss": (second, _minus_loss(second))}
+    own = {"token": (first, torch.randint(0, v, (4, 6), generator=gen), _token_metric(_int(gen, 0, v - 1))),
+           "loss": (second, torch.randint(0, v, (3, 9), generator=gen), _minus_loss(second))}
     every = [(l, h) for l in range(rand.cfg.n_layers) for h in range(rand.cfg.n_heads)]
     heads = sorted(_pick(gen, every, 2))
     cases.append(Case(dict(model=rand, behaviours=own, heads=heads),
-                      label=f"random GPT, behaviours on tokens [3, 6] and [2, 9], heads {heads}"))
+                      label=f"random GPT, behaviours on tokens [3, 6] and [2, 9] with references, heads {heads}"))
     return cases
 
 
 def damage_reference(model, behaviours, heads):
-    table = ablation_damage(model, behaviours, heads=heads)
+    table = ablation_damage(model, {k: (t, m) for k, (t, _, m) in behaviours.items()}, heads=heads,
+                            reference={k: r for k, (_, r, _) in behaviours.items()})
     return torch.tensor([[table.before[k], table.after[k]] for k in behaviours])
 
 
-def _damage_variant(model, behaviours, heads, fill: str) -> torch.Tensor:
+def _damage_variant(model, behaviours, heads, fill: str, own_tokens: bool = False) -> torch.Tensor:
     rows = []
-    for tokens, metric in behaviours.values():
+    for tokens, reference, metric in behaviours.values():
         with torch.no_grad():
             before = float(metric(model(tokens)))
-        rows.append([before, float(metric(_ablated(model, tokens, heads, tokens, fill=fill)))])
+        source = tokens if own_tokens else reference
+        rows.append([before, float(metric(_ablated(model, tokens, heads, source, fill=fill)))])
     return torch.tensor(rows)
 
 
@@ -265,10 +273,13 @@ def damage_compare(got, want, case) -> str | None:
         (lambda: want.flip(1), "your columns are swapped: column 0 is the metric before ablation, column 1 after"),
         (lambda: torch.stack([want[:, 0], want[:, 1] - want[:, 0]], 1),
          "your column 1 is the change: return the metric after ablation itself (after - before is for the reader)"),
+        (lambda: _damage_variant(model, behaviours, heads, "mean", own_tokens=True),
+         "your means come from each behaviour's own tokens: take them over its reference_tokens (pass them to your "
+         "06.1, and check that your 06.1 uses its reference_tokens)"),
         (lambda: _damage_variant(model, behaviours, heads, "zero"),
-         "you ablated with zeros: replace each head's z with its mean over the behaviour's own tokens"),
+         "you ablated with zeros: replace each head's z with its mean over the behaviour's reference prompts"),
         (lambda: _damage_variant(model, behaviours, heads, "pooled"),
-         "you averaged over positions too: take the means per position over each behaviour's own tokens"),
+         "you averaged over positions too: take the means per position over each behaviour's reference prompts"),
         (lambda: torch.stack([want[:, 0], want[:, 0]], 1),
          "your 'after' column equals 'before': the ablation did not take effect (is the hook attached?)"),
     ]
@@ -412,7 +423,228 @@ def steer_compare(got, want, case) -> str | None:
     return _diagnosed(got, want, variants, 2e-4, 1e-4, "your steered logits", match_tol=1e-3)
 
 
-# ---- 06.5 the rank-one update --------------------------------------------------------------------------------------
+# ---- 06.5 where steering works ---------------------------------------------------------------------------------------
+
+def sweep_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 15), []
+    model = ctx.model()
+    corpus = Corpus(seed=0)
+    train, heldout = corpus.fact_eval("train"), corpus.fact_eval("heldout")
+    countries = sorted({f.subject for f in train})
+    for relation, coeff in [("capital", 1.0), (["language", "continent"][_int(gen, 0, 1)], 1.5)]:
+        a, b = _pick(gen, countries, 2)
+        answer = lambda c: next(f.answer for f in train if f.subject == c and f.relation == relation)  # noqa: E731
+        target, baseline = (int(model.to_tokens(answer(c), prepend_bos=False)[0, 0]) for c in (a, b))
+        prompts = _prompts(heldout, b, relation)
+        cases.append(Case(dict(model=model, positive=_pick(gen, _prompts(train, a, relation), 4),
+                               negative=_pick(gen, _prompts(train, b, relation), 4), prompts=prompts, target=target,
+                               baseline=baseline, coeff=coeff),
+                          label=f"{_name(model)}, {a} minus {b} ({relation}), {len(prompts)} held-out {b} prompts, "
+                                f"coeff {coeff}"))
+    return cases
+
+
+def _sweep(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_pre", where=-1,
+           read=lambda logits, t, b: logits[t] - logits[b]) -> torch.Tensor:
+    out = []
+    for layer in range(model.cfg.n_layers):
+        hook = f"blocks.{layer}.{kind}"
+        with torch.no_grad():
+            vector = steering_vector(model, positive, negative, hook=hook, pos=-1)
+        diffs = []
+        for prompt in prompts:
+            with torch.no_grad(), steer(model, hook, vector, coeff=coeff, positions=where):
+                logits = model(model.to_tokens(prompt))[0, -1]
+            diffs.append(read(logits, target, baseline))
+        out.append(torch.stack(diffs).mean())
+    return torch.stack(out)
+
+
+def sweep_reference(model, positive, negative, prompts, target, baseline, coeff):
+    return _sweep(model, positive, negative, prompts, target, baseline, coeff)
+
+
+def sweep_compare(got, want, case) -> str | None:
+    a = case.args
+    args = [a[k] for k in ("model", "positive", "negative", "prompts", "target", "baseline", "coeff")]
+    problem = expect_shape(got, want.shape, "your sweep")
+    if problem:
+        return problem + " ([n_layers]: one mean logit difference per layer)"
+    variants = [
+        (lambda: -want, "your differences have the wrong sign: logit(target) - logit(baseline)"),
+        (lambda: _sweep(*args[:-1], 1.0) if a["coeff"] != 1.0 else None, "you left out coeff: steer with coeff"),
+        (lambda: _sweep(*args, kind="hook_resid_post"),
+         "you built and added the vector at hook_resid_post: use blocks.{l}.hook_resid_pre for layer l"),
+        (lambda: _sweep(*args, where=None), "you added the vector at every position: add it at the last token only "
+                                            "(pos=-1)"),
+        (lambda: _sweep(*args, read=lambda lg, t, b: lg.softmax(-1)[t] - lg.softmax(-1)[b]),
+         "you compared probabilities: return the logit difference, logit(target) - logit(baseline)"),
+        (lambda: torch.stack([_sweep(*args)[0]] * len(want)) if len(want) > 1 else None,
+         "every layer gives the same number: build a new vector at each layer's resid_pre and steer there"),
+    ]
+    return _diagnosed(got, want, variants, 1e-3, 1e-3, "your sweep", match_tol=5e-3)
+
+
+# ---- 06.6 the keys' second moment ------------------------------------------------------------------------------------
+
+def moment_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 16), []
+    model = ctx.model()
+    docs = Corpus(seed=0).training_documents(6, seed=80_000 + _int(gen, 0, 9_999))
+    tokens, mask = prompt_batch(model, docs, truncate=True)  # [6, pos] each, right-padded
+    mask = mask.clone()
+    mask[:, 0] = False
+    layer = _int(gen, 0, model.cfg.n_layers - 1)
+    cases.append(Case(dict(model=model, layer=layer, tokens=tokens, mask=mask), weight=2.0,
+                      label=f"{_name(model)} MLP{layer}, 6 corpus documents [6, {tokens.shape[1]}], BOS and padding "
+                            "masked out"))
+    rand = _random_gpt(ctx, gen)
+    tokens = torch.randint(0, rand.cfg.d_vocab, (3, 8), generator=gen)
+    mask = torch.rand(3, 8, generator=gen) < 0.6
+    mask[0, 1] = True
+    layer = _int(gen, 0, rand.cfg.n_layers - 1)
+    cases.append(Case(dict(model=rand, layer=layer, tokens=tokens, mask=mask),
+                      label=f"random GPT MLP{layer}, tokens [3, 8], {int(mask.sum())} positions in the mask"))
+    return cases
+
+
+def _keys(model, layer, tokens) -> torch.Tensor:  # [batch, pos, d_mlp] in float64
+    name = f"blocks.{layer}.mlp.hook_post"
+    with torch.no_grad():
+        return model.run_with_cache(tokens, names=[name])[1][name].double()
+
+
+def moment_reference(model, layer, tokens, mask):
+    keys = _keys(model, layer, tokens)
+    total, count = torch.zeros(keys.shape[-1], keys.shape[-1], dtype=torch.float64), 0
+    for b in range(tokens.shape[0]):
+        for p in range(tokens.shape[1]):
+            if mask[b, p]:
+                total += torch.outer(keys[b, p], keys[b, p])
+                count += 1
+    return (total / count).float()
+
+
+def moment_compare(got, want, case) -> str | None:
+    a = case.args
+    problem = expect_shape(got, want.shape, "your second moment")
+    if problem:
+        return problem + " ([d_mlp, d_mlp])"
+    keys = _keys(a["model"], a["layer"], a["tokens"])
+    kept = keys[a["mask"]]  # [n, d_mlp]
+    every = keys.flatten(0, 1)
+    centred = kept - kept.mean(0)
+    variants = [
+        (lambda: centred.T @ centred / len(kept), "you centred the keys (a covariance): ROME's C is the uncentred "
+                                                 "second moment, E[k k^T], with the mean left in"),
+        (lambda: every.T @ every / len(every), "you used every position: keep only the keys where mask is True"),
+        (lambda: kept.T @ kept / a["tokens"].shape[0], "you divided by the number of rows: divide by the number of "
+                                                       "keys kept (mask.sum())"),
+        (lambda: kept.T @ kept / (len(kept) - 1) if len(kept) > 1 else None,
+         "you divided by n - 1: the second moment is the mean, divide by n"),
+        (lambda: kept.T @ kept, "you summed the outer products: take their mean"),
+    ]
+    return _diagnosed(got, want, variants, 1e-4, 1e-4, "your second moment", match_tol=1e-3)
+
+
+# ---- 06.7 the new value v* -------------------------------------------------------------------------------------------
+
+def delta_cases(ctx) -> list[Case]:
+    gen, cases = _gen(ctx, 17), []
+    model = ctx.model()
+    layer = _layer_of_facts(model)
+    facts = [f for f in Corpus(seed=0).fact_eval("train") if f.relation == "capital"]
+    fact, other = _pick(gen, facts, 2)
+    tokens = model.to_tokens(fact.prompt)
+    subject_pos = find_subject_positions(model, tokens, fact.subject)[-1]
+    target = int(model.to_tokens(other.answer, prepend_bos=False)[0, 0])
+    with _one_thread(), torch.no_grad():
+        name = f"blocks.{layer}.mlp.hook_post"
+        key = model.run_with_cache(tokens, names=[name])[1][name][0, subject_pos]
+        mlp = model.blocks[layer].mlp
+        v_norm = (key @ mlp.W_out + mlp.b_out).norm().item()
+    for max_norm, steps, label in [(round(1.5 * v_norm, 3), 60, "1.5 |v|"), (round(0.4 * v_norm, 3), 30, "0.4 |v|")]:
+        cases.append(Case(dict(model=model, tokens=tokens, subject_pos=subject_pos, layer=layer, target=target,
+                               steps=steps, lr=0.5, max_norm=max_norm),
+                          label=f"{_name(model)} MLP{layer}: {fact.prompt!r} -> {other.answer!r}, {steps} steps, "
+                                f"max_norm {label}"))
+    rand = _random_gpt(ctx, gen)
+    tokens = torch.randint(0, rand.cfg.d_vocab, (1, 6), generator=gen)
+    cases.append(Case(dict(model=rand, tokens=tokens, subject_pos=_int(gen, 1, 3), layer=0,
+                           target=_int(gen, 0, rand.cfg.d_vocab - 1), steps=40, lr=0.3, max_norm=3.0),
+                      label="random GPT, tokens [1, 6], 40 steps, max_norm 3"))
+    return cases
+
+
+def _delta_prob(model, tokens, pos, layer, target, delta, hook="hook_mlp_out") -> float:
+    """P(target) at the last position with delta added at blocks.{layer}.{hook}, position pos."""
+    def add(act, hook):
+        act = act.clone()
+        act[:, pos] = act[:, pos] + delta
+        return act
+    with torch.no_grad(), model.hooks([(f"blocks.{layer}.{hook}", add)]):
+        return model(tokens)[0, -1].softmax(-1)[target].item()
+
+
+def delta_reference(model, tokens, subject_pos, layer, target, steps, lr, max_norm):
+    """Adam written out (as minimech's rome_edit), |delta| clipped after each step."""
+    delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+    m1, m2 = torch.zeros_like(delta), torch.zeros_like(delta)
+
+    def add(act, hook):
+        act = act.clone()
+        act[:, subject_pos] = act[:, subject_pos] + delta
+        return act
+    for step in range(steps):
+        with torch.enable_grad(), model.hooks([(f"blocks.{layer}.hook_mlp_out", add)]):
+            loss = -model(tokens)[0, -1].log_softmax(-1)[target]
+            (grad,) = torch.autograd.grad(loss, [delta])
+        with torch.no_grad():
+            m1.mul_(0.9).add_(0.1 * grad)
+            m2.mul_(0.999).add_(0.001 * grad ** 2)
+            delta -= lr * (m1 / (1 - 0.9 ** (step + 1))) / ((m2 / (1 - 0.999 ** (step + 1))).sqrt() + 1e-8)
+            delta.mul_(min(1.0, max_norm / (delta.norm().item() + 1e-12)))
+    return delta.detach()
+
+
+def delta_compare(got, want, case) -> str | None:
+    a = case.args
+    model, tokens, pos, layer, target, max_norm = (a[k] for k in ("model", "tokens", "subject_pos", "layer",
+                                                                 "target", "max_norm"))
+    problem = expect_shape(got, want.shape, "your delta")
+    if problem:
+        return problem + " ([d_model]: added to the MLP's output at one position)"
+    if not got.is_floating_point() or torch.isnan(got).any():
+        return "your delta must be a float tensor without NaNs"
+    got = got.detach().float()
+    if got.abs().max() == 0:
+        return ("your delta is all zeros: no step changed it (compute the loss inside torch.enable_grad(), with "
+                "delta.requires_grad_(True), and step the optimiser)")
+    norm = got.norm().item()
+    if norm > max_norm * (1 + 1e-3) + 1e-5:
+        return (f"|delta| = {norm:.4g} exceeds max_norm = {max_norm:.4g}: after each step, scale delta back to "
+                "max_norm when it is longer")
+    p_got = _delta_prob(model, tokens, pos, layer, target, got)
+    p_want = _delta_prob(model, tokens, pos, layer, target, want)
+    p_none = _delta_prob(model, tokens, pos, layer, target, torch.zeros_like(got))
+    good = p_got >= 0.9 or torch.tensor(p_got).log() >= torch.tensor(p_want).log() - 0.5
+    if good:
+        return None
+    base = (f"with your delta at position {pos}, P(target) = {p_got:.4f} (without it {p_none:.4f}); gradient descent "
+            "with this budget gets it much higher")
+    n_pos = tokens.shape[1]
+    if pos != n_pos - 1 and _delta_prob(model, tokens, n_pos - 1, layer, target, got) > max(2 * p_got, 0.5):
+        return base + ": you added delta at the last token; ROME adds it at the subject's last token, subject_pos"
+    for other in (layer - 1, layer + 1):
+        if 0 <= other < model.cfg.n_layers and _delta_prob(model, tokens, pos, other, target, got) > max(2 * p_got,
+                                                                                                        0.5):
+            return base + f": your delta works at layer {other}, not at blocks.{layer}.hook_mlp_out"
+    if p_got < p_none:
+        return base + ": your delta LOWERS P(target): minimise -log P(target) (step against the gradient)"
+    return base + ": check the loss (-log_softmax at the last position, index target), the learning rate and the steps"
+
+
+# ---- 06.8 the rank-one update --------------------------------------------------------------------------------------
 
 def _covariance(gen, d: int) -> torch.Tensor:
     """[d, d]: a random positive definite second moment, like keys' E[k k^T] (anisotropic, well conditioned)."""
@@ -502,7 +734,7 @@ def update_compare(got, want, case) -> str | None:
     return close(got, want.double(), atol=1e-6, rtol=1e-5, what="your update")
 
 
-# ---- 06.6 the edit's effect on facts -------------------------------------------------------------------------------
+# ---- 06.9 the edit's effect on facts -------------------------------------------------------------------------------
 
 def edit_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 6), []
@@ -585,7 +817,7 @@ EXERCISES = [
              library=("minimech.analysis.interventions.ablation_damage",
                       "minimech.analysis.ablation.mean_ablate_heads")),
     Exercise(id="06.2", function="damage_table", title="The damage elsewhere", cases=damage_cases,
-             reference=damage_reference, compare=damage_compare,
+             reference=damage_reference, compare=damage_compare, uses=("06.1",),
              library=("minimech.analysis.interventions.ablation_damage",)),
     Exercise(id="06.3", function="steering_vector", title="A steering vector from two sets of prompts",
              cases=vector_cases, reference=vector_reference, compare=vector_compare,
@@ -594,10 +826,19 @@ EXERCISES = [
     Exercise(id="06.4", function="steered_logits", title="Steering a forward pass", cases=steer_cases,
              reference=steer_reference, compare=steer_compare,
              library=("minimech.analysis.interventions.steer",)),
-    Exercise(id="06.5", function="rome_update", title="ROME's rank-one update", cases=update_cases,
+    Exercise(id="06.5", function="steering_by_layer", title="Where steering works", cases=sweep_cases,
+             reference=sweep_reference, compare=sweep_compare, uses=("06.3", "06.4"),
+             library=("minimech.analysis.interventions.steering_vector", "minimech.analysis.interventions.steer")),
+    Exercise(id="06.6", function="key_second_moment", title="The keys' second moment", cases=moment_cases,
+             reference=moment_reference, compare=moment_compare,
+             library=("minimech.analysis.interventions.key_covariance",)),
+    Exercise(id="06.7", function="value_delta", title="The new value v*", cases=delta_cases,
+             reference=delta_reference, compare=delta_compare,
+             library=("minimech.analysis.interventions.rome_edit", "minimech.analysis.interventions._optimise_value")),
+    Exercise(id="06.8", function="rome_update", title="ROME's rank-one update", cases=update_cases,
              reference=update_reference, compare=update_compare,
              library=("minimech.analysis.interventions.rank_one_update",)),
-    Exercise(id="06.6", function="edit_answer_probs", title="What else an edit changes", cases=edit_cases,
+    Exercise(id="06.9", function="edit_answer_probs", title="What else an edit changes", cases=edit_cases,
              reference=edit_reference, compare=edit_compare,
              library=("minimech.analysis.interventions._fact_table",)),
 ]

@@ -26,11 +26,12 @@ def mean_ablated_logits(model, tokens: torch.Tensor, heads: list, reference_toke
 
 def damage_table(model, behaviours: dict, heads: list) -> torch.Tensor:
     """-> [n_behaviours, 2]: each behaviour's metric before (column 0) and after (column 1) mean-ablating the heads,
-    each behaviour's means taken over its own tokens. behaviours: {name: (tokens [batch, pos], metric)}."""
+    the means over the behaviour's reference prompts. behaviours: {name: (tokens [batch, pos], reference_tokens
+    [n_ref, pos], metric)}."""
     rows = []
-    for tokens, metric in behaviours.values():
+    for tokens, reference_tokens, metric in behaviours.values():
         before = metric(model(tokens))
-        after = metric(mean_ablated_logits(model, tokens, heads, tokens))
+        after = metric(mean_ablated_logits(model, tokens, heads, reference_tokens))
         rows.append(torch.stack([torch.as_tensor(before), torch.as_tensor(after)]).float())
     return torch.stack(rows)
 
@@ -61,6 +62,56 @@ def steered_logits(model, tokens: torch.Tensor, hook: str, vector: torch.Tensor,
 
     with model.hooks([(hook, add)]):
         return model(tokens)
+
+
+def steering_by_layer(model, positive: list, negative: list, prompts: list, target: int, baseline: int,
+                      coeff: float = 1.0) -> torch.Tensor:
+    """-> [n_layers]: for each layer l, the vector positive - negative at blocks.{l}.hook_resid_pre (06.3) added with
+    coeff at each prompt's last token (06.4); the mean over prompts of logit(target) - logit(baseline) there."""
+    out = []
+    for layer in range(model.cfg.n_layers):
+        hook = f"blocks.{layer}.hook_resid_pre"
+        vector = steering_vector(model, positive, negative, hook)
+        diffs = []
+        for prompt in prompts:  # one at a time: position -1 is each prompt's own last token
+            logits = steered_logits(model, model.to_tokens(prompt), hook, vector, coeff, pos=-1)[0, -1]
+            diffs.append(logits[target] - logits[baseline])
+        out.append(torch.stack(diffs).mean())
+    return torch.stack(out)
+
+
+def key_second_moment(model, layer: int, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-> [d_mlp, d_mlp]: C = E[k k^T], the mean outer product of MLP `layer`'s keys (hook_post) over the positions
+    where mask is True (uncentred, as ROME's)."""
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, cache = model.run_with_cache(tokens, names=[name])
+    keys = cache[name][mask]  # [n_keys, d_mlp]: boolean indexing keeps the masked positions
+    return keys.T @ keys / len(keys)
+
+
+def value_delta(model, tokens: torch.Tensor, subject_pos: int, layer: int, target: int, steps: int = 60,
+                lr: float = 0.5, max_norm: float = 10.0) -> torch.Tensor:
+    """-> [d_model]: delta added to blocks.{layer}.hook_mlp_out at subject_pos, trained by Adam on -log P(target) at
+    the last position, |delta| kept at most max_norm (ROME's v* is the key's value plus delta)."""
+    delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)  # only delta: the model's weights are not trained
+
+    def add_delta(act, hook):  # act: [1, pos, d_model]
+        act = act.clone()
+        act[:, subject_pos] = act[:, subject_pos] + delta
+        return act
+
+    for _ in range(steps):
+        with torch.enable_grad(), model.hooks([(f"blocks.{layer}.hook_mlp_out", add_delta)]):
+            loss = -model(tokens)[0, -1].log_softmax(-1)[target]
+            (grad,) = torch.autograd.grad(loss, [delta])  # the gradient for delta alone: the weights get no .grad
+        delta.grad = grad
+        optimiser.step()
+        with torch.no_grad():
+            norm = delta.norm()
+            if norm > max_norm:
+                delta.mul_(max_norm / norm)
+    return delta.detach()
 
 
 def rome_update(W: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@
 
 Kinds and the hooks restored: resid = blocks.{l}.hook_resid_post (ROME's hidden state, the output of layer l),
 mlp = blocks.{l}.hook_mlp_out, attn = blocks.{l}.hook_attn_out. ROME restores a window of 10 layers around l for
-mlp and attn in its figures; window=1 (the default) restores layer l alone.
+mlp and attn in its figures (layers max(0, l - w // 2) up to l + ceil(w / 2), exclusive); window=1 (the default)
+restores layer l alone. The residual stream is never windowed: its state after layer l already holds every earlier
+layer's output, so ROME restores it one layer at a time.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def causal_trace(model, prompt, answer, subject, noise: float | None = None, sam
     for kind in kinds:
         scores[kind] = torch.zeros(n_layers, n_pos)
         for layer in range(n_layers):
-            lo, hi = max(0, layer - window // 2), min(n_layers, layer - (-window // 2))  # ROME's window
+            width = 1 if kind == "resid" else window  # ROME windows MLPs and attention, never the stream
+            lo, hi = max(0, layer - width // 2), min(n_layers, layer - (-width // 2))
             restores = [(f"blocks.{l}.{KIND_HOOKS[kind]}", _restore_hook(cache[f"blocks.{l}.{KIND_HOOKS[kind]}"],
                                                                            samples)) for l in range(lo, hi)]
             with model.hooks([noise_hook] + restores):

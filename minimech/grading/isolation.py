@@ -45,9 +45,11 @@ def reaches_grader(source: bytes) -> str | None:
     for node in ast.walk(tree):
         name = (node.attr if isinstance(node, ast.Attribute) else node.value
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
-        if isinstance(node, ast.ImportFrom) and node.module == "gc":
+        if isinstance(node, ast.ImportFrom) and node.module == "gc":  # "*" counts only here, not as any string
             name = next((a.name for a in node.names if a.name in REACHING or a.name == "*"), None)
-        if name in REACHING or name == "*":
+            if name:
+                return f"gc.{name}"
+        if name in REACHING:
             return f"gc.{name}"
     return None
 
