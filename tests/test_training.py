@@ -98,6 +98,11 @@ def test_training_phases_run_short_rows_first_and_the_loss_counts_only_kept_targ
                                                                                      eval_every=1), progress=False)
     assert [row["loss"] for row in none_kept.history] == [0.0, 0.0]  # not NaN: the weights stay finite
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    rows_seen = []
+    model.register_forward_pre_hook(lambda mod, args: rows_seen.append(args[0].shape[0]) if mod.training else None)
+    train(model, [Phase(short, until=2, batch_size=2), Phase(long)], TrainSettings(steps=4, batch_size=3),
+          progress=False)
+    assert rows_seen == [2, 2, 3, 3]  # a phase's own batch size, else the settings'
 
 
 def test_train_attn_only_2l_for_a_few_thousand_steps_forms_an_induction_head(tmp_path):
@@ -166,6 +171,7 @@ def test_story_4l_rows_hold_copies_out_of_the_loss_and_no_unknown_tokens():
     r = dataclasses.replace(get("story-4l"), documents=3000)
     (short, phase), tokenizer, corpus = build_phases(r, seed=0)
     assert short.rows.shape[1] == r.short_rows[0] and short.until == r.short_rows[1]
+    assert (short.batch_size, phase.batch_size) == (r.short_batch, None)
     rows, kept = phase.rows, phase.targets  # [n, n_ctx], [n, n_ctx - 1]
     assert rows.shape[1] == r.config["n_ctx"] == 128 and (rows[:, 0] == tokenizer.bos_id).all()
     assert not (rows == tokenizer.unk_id).any()

@@ -46,6 +46,7 @@ class Recipe:
     # steps, then on full rows; leave the unpredictable targets (fresh random chunk tokens) out of the loss; and
     # initialise attention weights with this std instead of GPT-2's 0.02 (tuned for d_model 768).
     short_rows: tuple | None = None  # (row_len, steps)
+    short_batch: int | None = None  # rows per step while the rows are short (None: settings.batch_size)
     mask_fresh: bool = False
     attn_init_std: float | None = None
     pos_init_std: float | None = None  # and position embeddings with this std (see fresh_model)
@@ -103,7 +104,7 @@ recipe(Recipe(
     description="4 layers with MLPs, n_ctx 128, a 7k-token vocabulary: IOI in many sentence shapes, facts in several "
                 "word orders, copying at every distance, on a corpus of stories and everyday English",
     config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128),
-    settings=TrainSettings(steps=4800, batch_size=16, lr=5e-3, warmup=150, eval_every=400, weight_decay=0.01,
+    settings=TrainSettings(steps=11000, batch_size=16, lr=5e-3, warmup=150, eval_every=500, weight_decay=0.01,
                            tie_embeddings=True),
     documents=250_000,
     corpus="stories",
@@ -111,12 +112,14 @@ recipe(Recipe(
     random_names=0.2,
     copies=dict(fraction=1.0, chunk_len=(4, 10)),
     metrics=("induction", "copy", "ioi", "facts"),
-    # Rows of 32 tokens for the first 4,000 steps (4x cheaper each), a chunk copied in every row, lr 5e-3 (as
-    # attn-only-2l): with 128-token rows from the start no copying circuit had formed by step 900 (the plateau grows
-    # as row length^2); with 2,400 short steps, lr 4e-3 and chunks in 80 % of rows, none by the end (weights/README).
-    short_rows=(32, 4000),
+    # Rows of 32 tokens, 32 per step, for the first 7,000 steps (a chunk copied in every row), then 16 rows of 128.
+    # Attention weights at std 0.15, not 1/sqrt(d_model) = 0.088: on the short rows alone (5,000 steps, one
+    # thread) a previous-token head reached 0.96 by step 2,500 and induction began at ~4,000 (0.36 at 5,000); with
+    # 0.088 the previous-token score stayed at 0.35 and induction crept to 0.17 by 5,000 (weights/README).
+    short_rows=(32, 7000),
+    short_batch=32,
     mask_fresh=True,
-    attn_init_std=0.088,  # 1/sqrt(d_model)
+    attn_init_std=0.15,
     pos_init_std=0.06,
 ))
 
@@ -170,7 +173,7 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
             documents[doc_seed] = out
         return documents[doc_seed]
 
-    def phase(row_len: int, until: int | None, chunk_seed: int) -> Phase:
+    def phase(row_len: int, until: int | None, chunk_seed: int, batch_size: int | None = None) -> Phase:
         def pack(n_docs: int, mix: dict, doc_seed: int) -> torch.Tensor:  # rows of n_ctx, cut into row_len pieces
             if doc_seed not in packed:
                 packed[doc_seed] = pack_documents(docs(n_docs, mix, doc_seed), r.config["n_ctx"], tokenizer.eot_id)
@@ -191,12 +194,12 @@ def build_phases(r: Recipe, seed: int) -> tuple[list[Phase], Tokenizer, Corpus]:
                 parts.append(with_chunks(filler, tokenizer, chunk_seed + 1, r.induction))
         rows = torch.cat([p[0] for p in parts])
         spans = [s for p in parts for s in p[1]]
-        return Phase(rows, fresh_targets_mask(spans, row_len) if r.mask_fresh else None, until)
+        return Phase(rows, fresh_targets_mask(spans, row_len) if r.mask_fresh else None, until, batch_size)
 
     phases = []
     if r.short_rows:
         row_len, steps = r.short_rows
-        phases.append(phase(row_len, steps, seed + 20_000))
+        phases.append(phase(row_len, steps, seed + 20_000, r.short_batch))
     phases.append(phase(r.config["n_ctx"], None, seed))
     return phases, tokenizer, corpus
 
@@ -326,7 +329,7 @@ def tokens_seen(phases: list[Phase], settings: TrainSettings) -> int:
     seen, begin = 0, 0
     for p in phases:
         end = settings.steps if p.until is None else min(p.until, settings.steps)
-        seen += max(0, end - begin) * settings.batch_size * p.rows.shape[1]
+        seen += max(0, end - begin) * (p.batch_size or settings.batch_size) * p.rows.shape[1]
         begin = max(begin, end)
     return seen
 
@@ -354,7 +357,8 @@ def train_recipe(name: str, steps: int | None = None, seed: int = 0, progress: b
                    "corpus": r.corpus, "copies": {k: (list(v) if isinstance(v, tuple) else v)
                                                   for k, v in r.copies.items()},
                    "rows": [len(p.rows) for p in phases], "row_lengths": [p.rows.shape[1] for p in phases],
-                   "short_rows": list(r.short_rows) if r.short_rows else None, "mask_fresh": r.mask_fresh,
+                   "short_rows": list(r.short_rows) if r.short_rows else None, "short_batch": r.short_batch,
+                   "mask_fresh": r.mask_fresh,
                    "attn_init_std": r.attn_init_std, "pos_init_std": r.pos_init_std},
         "corpus": corpus.describe(),
         "training": {"steps": settings.steps, "tokens_seen": tokens_seen(phases, settings),

@@ -48,6 +48,7 @@ class Phase:
     rows: torch.Tensor  # [n_rows, row_len] token ids, each row starting with BOS
     targets: torch.Tensor | None = None  # [n_rows, row_len - 1] bool: targets in the loss (None: all of them)
     until: int | None = None
+    batch_size: int | None = None  # rows per step in this phase (None: the settings' batch_size)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _train(model: GPT, phases: list[Phase], settings: TrainSettings, evaluate, p
     gen = torch.Generator().manual_seed(settings.seed)
     opt = optimizer_for(model, settings)
     log, start, cpu_start, recent = TrainLog(), time.perf_counter(), time.process_time(), []
-    samplers = [_Sampler(phase, settings.batch_size, gen) for phase in phases]
+    samplers = [_Sampler(phase, phase.batch_size or settings.batch_size, gen) for phase in phases]
     bar = tqdm(range(settings.steps), desc="training", disable=not progress, unit="step")
     for step in bar:
         current = next(i for i, p in enumerate(phases) if p.until is None or step < p.until)
