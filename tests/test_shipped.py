@@ -253,6 +253,7 @@ def test_story_4l_fact_tracing_recomputes(story):
 
 # Issue 12's thresholds (GAP12: strict xfails where story-4l does not reach them; weights/README.md says what each
 # attempt measured).
+@GAP12
 def test_story_4l_ioi_on_hand_written_frames_and_held_out_names(measured):
     assert measured["ioi_hand"]["logit_diff"] >= 3.0 and measured["ioi_hand"]["accuracy"] >= 0.9, measured["ioi_hand"]
 
@@ -262,6 +263,7 @@ def test_story_4l_ioi_on_the_corpus_held_out_frames_and_names(measured):
     assert ioi["ioi_logit_diff"] >= 3.0 and ioi["ioi_accuracy"] >= 0.9, ioi
 
 
+@GAP12
 def test_story_4l_name_movers_attend_end_to_io_and_copy_it(roles):
     figures, named = roles
     assert named["name_movers"]
@@ -271,6 +273,7 @@ def test_story_4l_name_movers_attend_end_to_io_and_copy_it(roles):
         assert figures["direct_effect"][layer, head] > 0.5
 
 
+@GAP12
 def test_story_4l_s_inhibition_responds_to_the_repeated_name(roles):
     """Its attention END -> S2 falls by half or more when the name at S2 repeats nothing (a third name)."""
     figures, named = roles
