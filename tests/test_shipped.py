@@ -289,3 +289,36 @@ def test_story_4l_facts_in_word_orders_never_used_for_them(measured):
 
 def test_story_4l_copies_a_random_chunk_96_tokens_back(measured):
     assert min(measured["copy"].values()) >= 0.8, measured["copy"]
+
+
+@pytest.fixture(scope="module")
+def rome_france(story):
+    """The card's first ROME edit (France's capital -> Rome) redone from the shipped files."""
+    from minimech.analysis import rome_edit
+
+    edit = story.card["rome"]["edits"][0]
+    facts = story.corpus.fact_eval("all")
+    r = rome_edit(story.model, edit["prompt"], "France", edit["new"], facts=facts)
+    return edit, r
+
+
+def test_story_4l_rome_edit_recomputes(rome_france):
+    edit, r = rome_france
+    assert r.layer == edit["layer"]
+    for key, got in (("prompt_new", r.prompt_new), ("same_subject", r.same_subject),
+                     ("other_subjects", r.specificity), ("paraphrase_top1", r.paraphrase_top1)):
+        close(list(got), edit[key], 2e-3)
+
+
+@GAP12
+def test_story_4l_rome_edit_keeps_the_subjects_other_facts_and_everyone_elses(rome_france):
+    _, r = rome_france
+    assert r.prompt_new[1] > 0.5 and r.same_subject[1] >= 0.8 and r.specificity[1] >= 0.95, r
+
+
+@GAP12
+def test_story_4l_causal_tracing_finds_a_site_above_the_identity_control(story):
+    """Restoring one MLP at the subject's last token restores more than the identity-restoration control does."""
+    tracing = story.card["fact_tracing"]
+    assert tracing["subject_last"] is not None
+    assert max(tracing["subject_last"]) > max(tracing["control_relation_word"]), tracing
