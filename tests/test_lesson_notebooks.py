@@ -14,6 +14,7 @@ import pytest
 from minimech.grading import fill_solutions, run_checks
 from minimech.grading import workspace as ws
 from minimech.grading.lessons import read_lesson
+from minimech.grading.source import notebook_to_script, stubs
 from minimech.notebook import show
 
 matplotlib.use("Agg")
@@ -42,6 +43,26 @@ def test_start_notebook_writes_a_valid_notebook_that_check_grades(tmp_path):
     path.write_text(ws.to_notebook(filled_py))
     solved = run_checks(lesson, path, seed=0, isolate=False)
     assert {e.status for e in solved.exercises} == {"pass"}, [(e.id, e.message) for e in solved.exercises]
+
+
+@pytest.mark.parametrize("folder", NOTEBOOK_LESSONS, ids=lambda p: p.name[:2])
+def test_start_notebook_of_every_lesson_keeps_its_exercises_and_predictions(folder, tmp_path):
+    """`minimech start NN --notebook` for each lesson: a valid notebook beside README.md and hints.md, which the
+    grader reads back (notebook_to_script, as `check` does) with the same exercise stubs as lesson.py, and with
+    lesson.json's prediction cells. (Grading a notebook end to end is the fixture lesson's test above.)"""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("jupytext")
+    lesson = read_lesson(folder)
+    path = ws.start(lesson, tmp_path / "work", notebook=True)
+    nbformat.validate(nbformat.read(path, as_version=4))
+    assert (path.parent / "README.md").is_file() and (path.parent / "hints.md").is_file()
+    script = tmp_path / "read_back.py"
+    script.write_text(notebook_to_script(path))
+    assert stubs(script) == stubs(lesson.file("lesson.py"))
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    asked = [line.split("=")[0].strip() for c in cells if c.startswith("prediction_") for line in c.splitlines()
+             if line.startswith("prediction_") and "= None" in line]
+    assert asked == list(lesson.predictions)  # in code cells of their own, in order
 
 
 def test_show_saves_in_a_script_and_also_displays_in_a_notebook(tmp_path, monkeypatch):
