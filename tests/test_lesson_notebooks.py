@@ -126,6 +126,6 @@ def test_progress_bars_come_from_minimech_notebook():
             code = line.split("#")[0]
             if "tqdm" in code and ("import" in code or "tqdm." in code) and "notebook import tqdm" not in code:
                 if path.name == "cli_commands.py" and code.strip() == "from tqdm import tqdm":
-                    continue  # `minimech grade`'s bar: a terminal command, never run in a kernel
+                    continue  # `minimech check`'s bar on stderr: a command (a terminal, or a notebook's ! line)
                 offenders.append(f"{path.relative_to(LESSONS.parent)}:{number}: {line.strip()}")
     assert not offenders, "use `from minimech.notebook import tqdm`:\n" + "\n".join(offenders)

@@ -520,8 +520,8 @@ if MAIN:
 # for superposition: the dimension goes to the more important feature, feature 0 on the left (r < 1, feature 1 not
 # represented) and feature 1 on the right (r > 1, dedicated). Sparse data put both features in the one dimension,
 # and the superposition region widens as the density falls: the rarer the features, the more unequal their
-# importances may be and still share. A few cells near the boundaries can land on either side from one run to the next: there the
-# two options cost nearly the same.
+# importances may be and still share. A few cells near the boundaries can land on either side from one run to the
+# next: there the two options cost nearly the same.
 
 # %% [markdown]
 # ## What you found
