@@ -234,3 +234,42 @@ def test_readme_states_the_ioi_figures_the_tour_prints():
         m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
         diff, accuracy = f"{m['ioi_logit_diff']:.2f}", f"{m['ioi_accuracy']:.0%}".replace("%", " %")
         assert diff in paragraph and accuracy in paragraph, (names, diff, accuracy, paragraph)
+
+
+def test_lesson_06_readme_states_the_shares_of_the_change_each_key_receives():
+    """The README said the prompt's other keys change "about 1 %" where the BOS's changed by -13 %. Recompute each
+    key's share of ROME's change, k2 ΔW · (v* − kW) / |v* − kW|², with the toolkit's rank-one update and C (and with
+    C = I), and find the figures, as printed, in the README. The share does not depend on v*: it is
+    k2ᵀC⁻¹k / kᵀC⁻¹k, an identity checked here with two random changes."""
+    from minimech.analysis import fact_layer, find_subject_positions, key_covariance, rank_one_update
+
+    model = minimech.load("mini-4l")
+    prompt, subject = "France's capital is", "France"  # lesson 06's PROMPT and SUBJECT
+    layer = fact_layer(model, prompt, subject)
+    tokens = model.to_tokens(prompt)
+    subject_pos = find_subject_positions(model, tokens, subject)[-1]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=[f"blocks.{layer}.mlp.hook_post"])
+    keys = cache[f"blocks.{layer}.mlp.hook_post"][0]  # [pos, d_mlp]
+    key = keys[subject_pos]
+    gen = torch.Generator().manual_seed(0)
+    shares = {}
+    for name, cov in (("text", key_covariance(model, layer)), ("identity", torch.eye(len(key)))):
+        by_change = []
+        for _ in range(2):
+            change = torch.randn(model.cfg.d_model, generator=gen)
+            by_change.append((keys @ rank_one_update(key, change, cov)) @ change / change.norm() ** 2)  # [pos]
+        assert torch.allclose(by_change[0], by_change[1], atol=1e-4), by_change  # v* does not matter
+        c_inv_key = torch.linalg.solve(cov, key)
+        assert torch.allclose(by_change[0], keys @ c_inv_key / (key @ c_inv_key), atol=1e-4)
+        shares[name] = by_change[0]
+    assert abs(shares["text"][subject_pos] - 1) < 1e-4  # the subject's own key receives all of it
+
+    readme = (LESSONS / "06_targeted_interventions" / "README.md").read_text().replace("\n  ", " ")
+    others = [p for p in range(tokens.shape[1]) if p not in (0, subject_pos)]
+    from_text = ", ".join(f"{100 * shares['text'][p]:+.1f} %" for p in others[:-1])
+    from_text += f" and {100 * shares['text'][others[-1]]:+.1f} %, and the BOS {100 * shares['text'][0]:.0f} %"
+    identity = shares["identity"][[0] + others]
+    identity_range = f"{100 * identity.min():.0f}-{100 * identity.max():.0f} %"
+    assert f"the prompt's other keys get {identity_range} of it" in readme, identity_range
+    assert f"get {from_text}." in readme, from_text

@@ -1,5 +1,5 @@
 """The notebook route of the lessons: `minimech start ID --notebook` writes a notebook that `minimech check` grades,
-and a lesson's notebook, executed in a real Jupyter kernel (nbclient), shows its figures inline.
+and every lesson's notebook, executed in a real Jupyter kernel (nbclient), shows its figures inline.
 
 Ground truth: nbformat's validator for the file, the grader's statuses for the checks, the kernel's own outputs
 (image/png display data) for the figures, and the PNG files the same cells write.
@@ -14,6 +14,7 @@ import pytest
 from minimech.grading import fill_solutions, run_checks
 from minimech.grading import workspace as ws
 from minimech.grading.lessons import read_lesson
+from minimech.grading.source import notebook_to_script, stubs
 from minimech.notebook import show
 
 matplotlib.use("Agg")
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lessons" / "99_fixture"
+NOTEBOOK_LESSONS = sorted(p for p in LESSONS.iterdir() if p.is_dir() and p.name[:2].isdigit())
 
 
 def test_start_notebook_writes_a_valid_notebook_that_check_grades(tmp_path):
@@ -43,6 +45,26 @@ def test_start_notebook_writes_a_valid_notebook_that_check_grades(tmp_path):
     assert {e.status for e in solved.exercises} == {"pass"}, [(e.id, e.message) for e in solved.exercises]
 
 
+@pytest.mark.parametrize("folder", NOTEBOOK_LESSONS, ids=lambda p: p.name[:2])
+def test_start_notebook_of_every_lesson_keeps_its_exercises_and_predictions(folder, tmp_path):
+    """`minimech start NN --notebook` for each lesson: a valid notebook beside README.md and hints.md, which the
+    grader reads back (notebook_to_script, as `check` does) with the same exercise stubs as lesson.py, and with
+    lesson.json's prediction cells. (Grading a notebook end to end is the fixture lesson's test above.)"""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("jupytext")
+    lesson = read_lesson(folder)
+    path = ws.start(lesson, tmp_path / "work", notebook=True)
+    nbformat.validate(nbformat.read(path, as_version=4))
+    assert (path.parent / "README.md").is_file() and (path.parent / "hints.md").is_file()
+    script = tmp_path / "read_back.py"
+    script.write_text(notebook_to_script(path))
+    assert stubs(script) == stubs(lesson.file("lesson.py"))
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    asked = [line.split("=")[0].strip() for c in cells if c.startswith("prediction_") for line in c.splitlines()
+             if line.startswith("prediction_") and "= None" in line]
+    assert asked == list(lesson.predictions)  # in code cells of their own, in order
+
+
 def test_show_saves_in_a_script_and_also_displays_in_a_notebook(tmp_path, monkeypatch):
     shown = []
     monkeypatch.setattr("minimech.notebook._display_png", shown.append)
@@ -63,14 +85,19 @@ def test_show_saves_in_a_script_and_also_displays_in_a_notebook(tmp_path, monkey
         show(tmp_path / "missing.png")
 
 
-def test_lesson_notebook_runs_in_a_kernel_with_its_figures_inline(tmp_path):
-    """Lesson 00 with the solutions filled in, as a notebook, executed by nbclient: every figure the cells save is
-    displayed once as image/png, no cell fails, and a progress bar prints no 'IProgress not found' warning."""
+@pytest.mark.parametrize("folder", NOTEBOOK_LESSONS, ids=lambda p: p.name[:2])
+def test_lesson_notebook_runs_in_a_kernel_with_its_figures_inline(folder, tmp_path, monkeypatch):
+    """Each lesson with the solutions filled in, as a notebook, executed by nbclient (MINIMECH_QUICK: the training
+    demos shortened, as in the script smoke runs): no cell fails, no demo cell is skipped for an unwritten exercise,
+    every figure the cells save is displayed once as image/png, and a progress bar prints no 'IProgress not found'
+    warning (tqdm.auto's, in a kernel without ipywidgets)."""
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nbformat = pytest.importorskip("nbformat")
-    notebook = jupytext.reads(fill_solutions(read_lesson(LESSONS / "00_gpt2_from_scratch")), fmt="py:percent")
+    monkeypatch.setenv("MINIMECH_QUICK", "1")  # the kernel inherits this process's environment
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    notebook = jupytext.reads(fill_solutions(read_lesson(folder)), fmt="py:percent")
     notebook.cells.append(nbformat.v4.new_code_cell(
         "import minimech.training.train\nfrom minimech.notebook import tqdm\n"
         "for _ in tqdm(range(3), desc='bar'):\n    pass"))
@@ -84,3 +111,21 @@ def test_lesson_notebook_runs_in_a_kernel_with_its_figures_inline(tmp_path):
     assert not [out for out in outputs if out["output_type"] == "error"]
     text = json.dumps([out for out in outputs if out["output_type"] != "display_data"])
     assert "IProgress" not in text and "bar" in json.dumps(outputs)
+    assert "skipped: EXERCISE" not in text and "an earlier cell was skipped" not in text, text[:3000]
+
+
+def test_progress_bars_come_from_minimech_notebook():
+    """tqdm.auto (and tqdm.notebook without ipywidgets) print "IProgress not found" in a kernel; every progress bar
+    a lesson can show goes through minimech.notebook.tqdm, which falls back to text. The grader's terminal-only
+    command-line bars (tqdm's text bar) are the one other use."""
+    offenders = []
+    for path in sorted([*(LESSONS.parent / "minimech").rglob("*.py"), *LESSONS.rglob("*.py")]):
+        if path.name == "notebook.py" and path.parent.name == "minimech":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if "tqdm" in code and ("import" in code or "tqdm." in code) and "notebook import tqdm" not in code:
+                if path.name == "cli_commands.py" and code.strip() == "from tqdm import tqdm":
+                    continue  # `minimech check`'s bar on stderr: a command (a terminal, or a notebook's ! line)
+                offenders.append(f"{path.relative_to(LESSONS.parent)}:{number}: {line.strip()}")
+    assert not offenders, "use `from minimech.notebook import tqdm`:\n" + "\n".join(offenders)

@@ -10,6 +10,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ SCRIPT_LIMIT_S = 240
 # their training demos, since these runs check that the script runs, not what the training shows.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MINIMECH_QUICK": "1"}
 # Lessons whose untouched file is run as a script (about 5-10 s each): every lesson.
-STUB_RUNS = ["00", "01", "02", "03", "04", "05", "06"]
+STUB_RUNS = [p.name[:2] for p in FOLDERS if p != FIXTURE]
 
 
 @pytest.fixture(scope="module", params=FOLDERS, ids=lambda p: p.name)
@@ -71,6 +72,14 @@ def test_points_cover_exactly_the_exercises_and_each_is_a_stub_with_hints(lesson
     assert not {m for m in imported if m.split(".")[0] == "solutions"}, "checks.py must not import solutions"
     assert not [n.name for n in ast.walk(checks_tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
     assert lesson.file("README.md").read_text().strip()
+
+
+def test_readme_exercise_table_matches_the_points(lesson):
+    """A README's table of exercises (| 02.3 | what you write | points |), where it has one, lists exactly the
+    exercises of lesson.json, in order, with their points: the figures a learner plans by stay true."""
+    rows = re.findall(r"^\| (\d\d\.\d+) \|.*\| (\d+) \|$", lesson.file("README.md").read_text(), re.M)
+    if rows:
+        assert [(ex_id, int(points)) for ex_id, points in rows] == list(lesson.points.items())
 
 
 def test_predictions_are_declared_numbered_and_asked_in_their_own_cells(lesson):

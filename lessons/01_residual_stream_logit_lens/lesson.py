@@ -179,7 +179,7 @@ if MAIN:
 # The unembedding reads only the final stream. But every earlier point of the stream lives in the same space, so we
 # can read it the same way: apply `ln_final` to it (with *its own* mean and variance, as the model would if the
 # remaining blocks added nothing), then `W_U` and `b_U`, then `log_softmax`. nostalgebraist (2020) called this the
-# logit lens; on GPT-2 it shows the answer taking shape in the middle layers and sharpening towards the end.
+# logit lens.
 #
 # Run the model yourself (`model.run_with_cache(tokens)`), use `residual_stack`, select position `pos`.
 # `model.ln_final.w`, `.b`, `model.cfg.eps`, `model.W_U` `[d_model, d_vocab]` and `model.b_U` `[d_vocab]` hold the
@@ -222,7 +222,8 @@ if MAIN:
 # %% [markdown]
 # Compare with your guess. If the IO becomes the top token only in the final stream, the last block writes the
 # answer; if it leads earlier, later blocks only sharpen it. P(S) beside P(IO) shows whether the model first
-# considers both names, and when it decides against the subject.
+# considers both names, and when it decides against the subject. (On GPT-2, nostalgebraist saw the answer take
+# shape in the middle layers and sharpen towards the end.)
 #
 # ## Exercise 01.4: Where the prediction forms
 #

@@ -258,8 +258,9 @@ if MAIN:
 # %% [markdown]
 # Read the norms and the arrows before going on. A feature the model dropped has a column near 0; a kept one has
 # norm near 1. Where two kept features point in opposite directions they share a line (an **antipodal pair**); the
-# ReLU tells them apart, because x_i and −x_i cannot both be positive. Where five equal arrows sit 72° apart,
-# each feature has 2/5 of a dimension. Which of these did you get at each sparsity, and was your prediction right?
+# ReLU tells them apart, because x_i and −x_i cannot both be positive. Five equal arrows 72° apart would share the
+# plane evenly (section 7 measures how much of a dimension each then gets). Which of these did you get at each
+# sparsity, and was your prediction right?
 #
 # The denser the data, the more often two features are active together and interfere; the sparser, the rarer
 # those collisions, and the cheaper it is to share directions.
@@ -519,8 +520,8 @@ if MAIN:
 # for superposition: the dimension goes to the more important feature, feature 0 on the left (r < 1, feature 1 not
 # represented) and feature 1 on the right (r > 1, dedicated). Sparse data put both features in the one dimension,
 # and the superposition region widens as the density falls: the rarer the features, the more unequal their
-# importances may be and still share. A few cells near the boundaries can land on either side from one run to the next: there the
-# two options cost nearly the same.
+# importances may be and still share. A few cells near the boundaries can land on either side from one run to the
+# next: there the two options cost nearly the same.
 
 # %% [markdown]
 # ## What you found

@@ -78,6 +78,8 @@ if MAIN:
     torch.manual_seed(0)
     OUT.mkdir(exist_ok=True)
     model = minimech.load(args.model)
+    if model.cfg.d_model <= 256:
+        torch.set_num_threads(1)  # a small model's matrices are tiny: a second thread costs more than it saves
     if model.cfg.attn_only:
         raise SystemExit(f"lesson 07 reads an MLP layer and {args.model} has none: use a model with MLPs "
                          f"(--model {DEFAULT_MODEL}, or gpt2)")
