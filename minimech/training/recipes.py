@@ -104,7 +104,7 @@ recipe(Recipe(
     description="4 layers with MLPs, n_ctx 128, a 7k-token vocabulary: IOI in many sentence shapes, facts in several "
                 "word orders, copying at every distance, on a corpus of stories and everyday English",
     config=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128),
-    settings=TrainSettings(steps=8000, batch_size=16, lr=2.5e-3, warmup=150, eval_every=500, weight_decay=0.01,
+    settings=TrainSettings(steps=10000, batch_size=16, lr=2.5e-3, warmup=150, eval_every=500, weight_decay=0.01,
                            tie_embeddings=True),
     documents=250_000,
     corpus="stories",
