@@ -556,8 +556,12 @@ if MAIN and IS_GPT2:
         gpt2_scores = detector_scores(model, gpt2_tokens, 50)["induction"]  # [12, 12]
         top10 = [(int(i) // 12, int(i) % 12) for i in gpt2_scores.flatten().topk(10).indices]
         missing = [f"{l}.{h}" for l, h in GPT2_INDUCTION_HEADS if (l, h) not in top10]
-        assert not missing, f"GPT-2 induction heads {missing} are not among the top 10 by your induction score {top10}"
-        print("   GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
+        if missing:  # not a crash: the rest of the lesson still runs (and says what was found instead)
+            print(f"   NOT FOUND: GPT-2 small's induction heads {', '.join(missing)} are not among the ten highest by "
+                  f"your induction score ({', '.join(f'{l}.{h}' for l, h in top10)}); with GPT-2 small's own weights "
+                  "all five are. Check your detector_scores (02.4), or the weights (minimech info gpt2)")
+        else:
+            print("   GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
 elif MAIN:
     print("GPT-2 checks skipped: they run with --model gpt2 when GPT-2's weights are on this machine")
 

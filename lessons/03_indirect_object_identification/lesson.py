@@ -211,7 +211,8 @@ if MAIN:
             print("   MLPs (the toolkit's attribution): " + ", ".join(f"MLP{l} {v:+.2f}" for l, v in
                                                                     enumerate(attribution.by_mlp().tolist())))
         show(plot.heatmap(dla, *grid_labels(model), OUT / "03_dla_by_head.png",
-                          title="direct effect on logit(IO) - logit(S)", cbar_label="logit difference"))
+                          title="direct effect on logit(IO) - logit(S)", xlabel="head", ylabel="layer",
+                          cbar_label="direct effect on logit(IO) - logit(S) (logits, mean over prompts)"))
         print(f"   the card's heads, directly: " + ", ".join(f"{label(h)} {dla[h]:+.2f}" for h in circuit_heads(model)))
 
 # %% [markdown]
@@ -245,7 +246,8 @@ def patch_head_z(model, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor
 if MAIN:
     scores = patch_heads(model, ds.tokens, abc.tokens, metric, normalise=True)  # [n_layers, n_heads], every position
     show(plot.heatmap(scores, *grid_labels(model), OUT / "03_patch_heads.png",
-                      title="clean z patched into p_ABC (1 = clean)", cbar_label="share of the logit difference back"))
+                      title="clean z patched into p_ABC (1 = clean)", xlabel="head (z patched at every position)",
+                      ylabel="layer", cbar_label="share of the logit difference back (0 = p_ABC's, 1 = clean)"))
     with demo("03.3 your patching of the card's heads"):
         for head in circuit_heads(model)[:5]:
             value = patch_head_z(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, *head)
@@ -306,7 +308,9 @@ if MAIN:
         print(f"   max |yours - patch_resid| = {(sweep - toolkit).abs().max():.2e}")
         show(plot.heatmap(sweep, [f"resid_pre {l}" for l in range(model.cfg.n_layers)], columns,
                           OUT / "03_resid_sweep.png", title="clean resid_pre patched into p_ABC (1 = clean)",
-                          cbar_label="share of the logit difference back"))
+                          xlabel="position patched (index, clean token, IOI role)",
+                          ylabel="residual stream patched (before block l)",
+                          cbar_label="share of the logit difference back (0 = p_ABC's, 1 = clean)"))
         for l in range(model.cfg.n_layers):
             best = sweep[l].argmax().item()
             print(f"   before block {l}: strongest at position {columns[best]} ({sweep[l, best]:.2f}); "

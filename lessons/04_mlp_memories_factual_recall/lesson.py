@@ -405,8 +405,8 @@ if MAIN:
             ax.set_yticks(range(len(labels)), [f"{t!r}*" if p in marked else repr(t) for p, t in enumerate(labels)],
                           fontsize=7)
             ax.set_xticks(range(model.cfg.n_layers))
-            ax.set(xlabel="MLP restored", title=title)
-        fig.colorbar(image, ax=axes, label="fraction of the lost P recovered (* noised)")
+            ax.set(xlabel="MLP restored (layer)", ylabel="position restored (token; * noised)", title=title)
+        fig.colorbar(image, ax=axes, label="fraction of the lost P(answer) recovered (0 = noised, 1 = clean)")
         show(fig, OUT / "04_trace_and_control.png")
 
 # %% [markdown]

@@ -221,7 +221,9 @@ if MAIN:
                 print(f"      max |yours - ablation_damage| = "
                       f"{max(abs(table[i, 1].item() - toolkit.after[k]) for i, k in enumerate(behaviours)):.2e}")
         show(plot.heatmap(torch.stack(changes), list(head_sets), list(behaviours), OUT / "06_damage.png",
-                          title="metric change, heads mean-ablated", cbar_label="after - before (higher is better)"))
+                          title="metric change, heads mean-ablated", xlabel="behaviour (its own metric)",
+                          ylabel="heads mean-ablated",
+                          cbar_label="metric after - before (logits for ioi, nats for the others; higher is better)"))
 
 # %% [markdown]
 # Read the table row by row against your guess. Each behaviour's metric is in its own units (a logit difference,
