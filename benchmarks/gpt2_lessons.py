@@ -15,9 +15,10 @@ published files minimech checks downloads against (minimech.published.published_
 only), so that loading it goes through the real identification (sha256 at load, identify_gpt2) and the lessons'
 GPT-2-small paper cases run. On random weights those cases must FAIL, with clear messages; nothing else may.
 
-Figures: wall seconds; peak RSS, the largest single process (the script; for a check the grader or a learner's
-process, from wait4); for checks also the peak of the whole process tree summed (sampled every 0.2 s). On a machine
-shared with other work the wall clock grows with the load: compare runs made side by side.
+Figures: wall seconds; CPU seconds (user + system, the whole process tree: on a machine shared with other work
+the wall clock grows with the load, the CPU time much less); peak RSS of the largest single process (the script;
+for a check the grader or a learner's process, from wait4); and the peak of the whole process tree's RSS summed
+(sampled every 0.2 s).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def published_entry(folder: Path) -> list:
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float  # user + system seconds of the whole process tree (what a busy machine's wall clock hides)
     max_rss_mib: float  # the largest single process
     tree_peak_mib: float  # the process tree's summed RSS at its peak (0: not sampled)
     returncode: int
@@ -149,7 +151,8 @@ def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = F
     threads[1].join(10)
     proc.returncode = os.waitstatus_to_exitcode(status)
     report = next((json.loads(line[7:]) for line in out.splitlines() if line.startswith("REPORT ")), None)
-    return Run(round(time.perf_counter() - start, 1), usage.ru_maxrss / 1024, peak[0], proc.returncode, out,
+    return Run(round(time.perf_counter() - start, 1), round(usage.ru_utime + usage.ru_stime, 1),
+               usage.ru_maxrss / 1024, peak[0], proc.returncode, out,
                "".join(err_lines), report)
 
 
@@ -188,6 +191,11 @@ def failures(report: dict) -> list[str]:
            [f"{e['id']} {e['status']}: {e['message']}" for e in report["exercises"] if not e["cases"]]
 
 
+def row(lesson, kind: str, run: Run, result: str) -> str:
+    return (f"{lesson.name:30s} {kind:6s} {run.wall_s:7.1f} {run.cpu_s:7.1f} {run.max_rss_mib:12.0f} "
+            f"{run.tree_peak_mib:9.0f}  {result}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("lessons", nargs="*", help="lesson ids (default: all)")
@@ -204,7 +212,7 @@ def main(argv=None) -> None:
     print(f"checkpoint {checkpoint} (GPT-2 small's shape, random weights); "
           f"{'recognised as GPT-2 small' if published else 'not GPT-2 small (no paper cases)'}; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'lesson':30s} {'run':6s} {'wall s':>7s} {'max RSS MiB':>12s} {'tree MiB':>9s}  result")
+    print(f"{'lesson':30s} {'run':6s} {'wall s':>7s} {'CPU s':>7s} {'max RSS MiB':>12s} {'tree MiB':>9s}  result")
     for lesson in find_lessons():
         if args.lessons and lesson.id not in args.lessons:
             continue
@@ -212,16 +220,15 @@ def main(argv=None) -> None:
             run = run_script(lesson, checkpoint, published, echo=args.echo)
             result = "traceback: " + run.stderr.strip().splitlines()[-1][:100] if run.traceback else "ok"
             not_found = [line.strip() for line in run.stdout.splitlines() if "NOT FOUND" in line]
-            print(f"{lesson.name:30s} {'script':6s} {run.wall_s:7.1f} {run.max_rss_mib:12.0f} {run.tree_peak_mib:9.0f}"
-                  f"  {result}" + "".join(f"\n{'':32s}{line[:150]}" for line in not_found), flush=True)
+            print(row(lesson, "script", run, result) + "".join(f"\n{'':32s}{line[:150]}" for line in not_found),
+                  flush=True)
         if args.only in (None, "check"):
             run = run_check(lesson, checkpoint, published, echo=args.echo)
             report = run.report
             result = (f"{report['score']:g}/{report['max_score']:g}" if report else
                       "no report: " + (run.stderr.strip().splitlines() or ["?"])[-1][:100])
-            print(f"{lesson.name:30s} {'check':6s} {run.wall_s:7.1f} {run.max_rss_mib:12.0f} {run.tree_peak_mib:9.0f}"
-                  f"  {result}" + "".join(f"\n{'':32s}{line[:300]}" for line in failures(report or {"exercises": []})),
-                  flush=True)
+            print(row(lesson, "check", run, result)
+                  + "".join(f"\n{'':32s}{line[:300]}" for line in failures(report or {"exercises": []})), flush=True)
     print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -44,6 +44,7 @@ from minimech import plot
 from minimech.analysis import (ablation_damage, card_heads, fact_layer, find_subject_positions, ioi_dataset,
                                key_covariance, rank_one_update as toolkit_rank_one_update, rome_edit,
                                shipped_behaviours, steer, steering_vector as toolkit_steering_vector)
+from minimech.analysis.interventions import spread_facts
 from minimech.analysis.memories import prompt_batch
 from minimech.notebook import show, tqdm
 from minimech.training.corpus import Corpus
@@ -377,7 +378,8 @@ if MAIN:
         best = int(sweep.argmax())
         best_hook = f"blocks.{best}.hook_resid_pre"
         best_vector = steering_vector(model, positive, negative, best_hook)
-        others = [f for f in facts_heldout if f.subject not in ("France", "Spain")][::6 if LARGE else 1]
+        others = [f for f in facts_heldout if f.subject not in ("France", "Spain")]
+        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
         groups = by_length(model, others)
         history = []
         for coeff in tqdm((0.0, 0.5, 1.0, 1.5, 2.0), desc="06.5 coefficients", disable=not LARGE, leave=False):
@@ -598,7 +600,8 @@ prediction_4 = None  # your guess: the share of France's other facts kept, and o
 if MAIN:
     with demo("06.9 the edit's effects, fact by fact"):
         # every phrasing of the subject's facts (PROMPT among them); for the other subjects, the held-out phrasings
-        others = [f for f in facts_heldout if f.subject != SUBJECT][::6 if LARGE else 1]  # GPT-2: every 6th
+        others = [f for f in facts_heldout if f.subject != SUBJECT]
+        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
         facts = [f for f in facts_all if f.subject == SUBJECT] + others
         for name, dw in [("C from text", update), ("C = I", plain)]:
             print(f"   ROME with {name}:")
