@@ -76,6 +76,7 @@ if MAIN:
               f"running on {DEFAULT_MODEL} instead")
         model = minimech.load(DEFAULT_MODEL)
     IS_GPT2 = is_gpt2_small(model)  # by its weights (config + the manifest's sha256), whatever name loaded it
+    LARGE = model.cfg.d_model > 256  # GPT-2-sized: 144 heads, so the printed tables keep the ten largest entries
     if model.cfg.d_model <= 128:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
     print(model)
@@ -246,8 +247,11 @@ if MAIN:
             show(plot.heatmap(values, rows, cols, OUT / f"02_{kind}_scores.png", title=f"{kind} score", cmap="Blues",
                               center=None, xlabel="head", ylabel="layer",
                               cbar_label=f"{kind} score (mean attention, 0..1)"))
-            print(f"   {kind:14s} " + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l in range(model.cfg.n_layers)
-                                                for h in range(model.cfg.n_heads)))
+            shown = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+            if LARGE:
+                shown = sorted(shown, key=lambda lh: -float(values[lh]))[:10]
+            print(f"   {kind:14s} {'(the ten highest) ' if LARGE else ''}"
+                  + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l, h in shown))
         n_heads = model.cfg.n_heads
         # the previous-token head must sit in an earlier layer than the induction head it serves
         later = scores["induction"].clone()
@@ -360,9 +364,12 @@ if MAIN:
         mean, std = baseline.mean().item(), baseline.std().item()
         print(f"   random heads of these shapes: {mean:.3f} +- {std:.3f} (mean +- std of 200 pairs)")
         for kind, table in tables.items():
-            cells = [f"{a}->{b} {table[i, j]:.3f} ({(table[i, j] - mean) / std:+.0f} std)"
-                     for i, a in enumerate(senders) for j, b in enumerate(receivers)]
-            print(f"   {kind}-composition: " + ", ".join(cells))
+            pairs = [(i, j) for i in range(len(senders)) for j in range(len(receivers))]
+            if LARGE:  # 144 pairs: the ten strongest
+                pairs = sorted(pairs, key=lambda ij: -float(table[ij]))[:10]
+            cells = [f"{senders[i]}->{receivers[j]} {table[i, j]:.3f} ({(table[i, j] - mean) / std:+.0f} std)"
+                     for i, j in pairs]
+            print(f"   {kind}-composition{' (the ten strongest pairs)' if LARGE else ''}: " + ", ".join(cells))
             show(plot.heatmap(table, senders, receivers, OUT / f"02_{kind.lower()}_composition.png",
                               title=f"{kind}-composition", cmap="Blues", center=None,
                               xlabel=f"receiver (a head of layer {receiver_layer})",
