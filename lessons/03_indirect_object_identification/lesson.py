@@ -510,7 +510,7 @@ if MAIN:
     rows = torch.arange(len(ds))
     end_to_s2 = {(l, h): cache["pattern", l][rows, h, ds.end_pos, ds.s2_pos].mean().item()
                  for l in range(min(l for l, _ in movers)) for h in range(model.cfg.n_heads)}
-    senders = sorted(end_to_s2, key=lambda lh: -end_to_s2[lh])[:3]
+    senders = sorted(end_to_s2, key=lambda lh: -end_to_s2[lh])[:2 if LARGE else 3]  # GPT-2: 40 s a sender
     with demo("03.8 path patching into the name movers' queries at END"):
         print(f"   receivers (name mover candidates, by direct effect): {[label(h) for h in movers]}")
         for sender in tqdm(senders, desc="03.8 senders", disable=not LARGE, leave=False):
