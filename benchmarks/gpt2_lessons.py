@@ -83,7 +83,7 @@ def published_entry(folder: Path) -> list:
 @dataclass
 class Run:
     wall_s: float
-    cpu_s: float  # user + system seconds of the whole process tree (what a busy machine's wall clock hides)
+    cpu_s: float  # user + system seconds of the process tree, at least (what a busy machine's wall clock hides)
     max_rss_mib: float  # the largest single process
     tree_peak_mib: float  # the process tree's summed RSS at its peak (0: not sampled)
     returncode: int
@@ -96,28 +96,30 @@ class Run:
         return self.returncode != 0 or "Traceback (most recent call last)" in self.stderr
 
 
-def _tree_rss_mib(pid: int) -> float:
-    """The summed RSS of pid and its descendants, from /proc (Linux; 0 elsewhere)."""
+def _tree(pid: int) -> dict[int, tuple[float, float]]:
+    """{pid: (RSS MiB, CPU seconds so far)} for pid and its descendants, from /proc (Linux; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
     try:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-                except (OSError, IndexError, ValueError):
-                    continue
-        total, todo = 0, [pid]
-        while todo:
-            p = todo.pop()
-            todo += children.get(p, [])
-            try:
-                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                pass
-        return total / 2**20
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
-        return 0.0
+        return {}
+    for entry in entries:
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats[entry] = fields
+        children.setdefault(int(fields[1]), []).append(entry)
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    found, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        if p in stats:  # fields from state on: [11], [12] are utime, stime; [21] is rss (pages)
+            fields = stats[p]
+            found[p] = (int(fields[21]) * page / 2**20, (int(fields[11]) + int(fields[12])) / tick)
+    return found
 
 
 def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = False) -> Run:
@@ -125,11 +127,13 @@ def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = F
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak, done = [0.0], threading.Event()
+    peak, cpu, done = [0.0], {}, threading.Event()
 
-    def sample():
-        while not done.wait(0.2):
-            peak[0] = max(peak[0], _tree_rss_mib(proc.pid))
+    def sample():  # the tree's summed RSS at its peak; each process's CPU time as last seen (learners' processes
+        while not done.wait(0.2):  # are the sandbox's children, which wait4's figures need not include)
+            tree = _tree(proc.pid)
+            peak[0] = max(peak[0], sum(rss for rss, _ in tree.values()))
+            cpu.update({p: max(c, cpu.get(p, 0.0)) for p, (_, c) in tree.items()})
 
     err_lines: list[str] = []
 
@@ -151,7 +155,10 @@ def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = F
     threads[1].join(10)
     proc.returncode = os.waitstatus_to_exitcode(status)
     report = next((json.loads(line[7:]) for line in out.splitlines() if line.startswith("REPORT ")), None)
-    return Run(round(time.perf_counter() - start, 1), round(usage.ru_utime + usage.ru_stime, 1),
+    # CPU: wait4's (the child and the children it waited for) or the samples' sum (every process of the tree, up
+    # to its last sample), whichever is more
+    total_cpu = max(usage.ru_utime + usage.ru_stime, sum(cpu.values()))
+    return Run(round(time.perf_counter() - start, 1), round(total_cpu, 1),
                usage.ru_maxrss / 1024, peak[0], proc.returncode, out,
                "".join(err_lines), report)
 

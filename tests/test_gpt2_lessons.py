@@ -13,6 +13,7 @@ Runs through benchmarks/gpt2_lessons.py (run_check), which also prints the figur
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ LEARNER_BLAMED = ("timeout", "memory", "error", "grader error", "exited")
 def _bench():
     spec = importlib.util.spec_from_file_location("gpt2_lessons_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclass looks its module up there)
     spec.loader.exec_module(module)
     return module
 
