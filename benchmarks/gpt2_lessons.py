@@ -48,13 +48,17 @@ CHILD = textwrap.dedent("""
         sys.argv = [spec["path"], "--model", "gpt2"]
         runpy.run_path(spec["path"], run_name="__main__")
     else:
-        from minimech.grading import run_checks
+        from minimech.grading import get_lesson, load_checks, run_checks
+        from minimech.grading.checking import Oracle, scaled_limits
         start = time.perf_counter()
         step = lambda what: lambda ex_id: print(f"[{time.perf_counter() - start:6.0f} s] {what} {ex_id}",
                                                 file=sys.stderr, flush=True)
-        report = run_checks(spec["lesson"], spec["path"], seed=1, model="gpt2", progress=step("checked"),
-                            reference_progress=step("reference answers of"))
-        print("REPORT " + json.dumps({"score": report.score, "max_score": report.max_score, "exercises": [
+        lesson = get_lesson(spec["lesson"])
+        oracle = Oracle(load_checks(lesson), 1, "gpt2")
+        limits = scaled_limits(lesson, oracle, progress=step("reference answers of"))  # what run_checks will use
+        report = run_checks(lesson, spec["path"], seed=1, model="gpt2", oracle=oracle, progress=step("checked"))
+        print("REPORT " + json.dumps({"score": report.score, "max_score": report.max_score, "limits": limits,
+                                      "needs": oracle.needs(), "exercises": [
             {"id": e.id, "status": e.status, "score": e.score, "max_score": e.max_score, "message": e.message,
              "cases": [{"label": c.label, "status": c.status, "message": c.message} for c in e.cases]}
             for e in report.exercises]}))
@@ -241,7 +245,9 @@ def main(argv=None) -> None:
         if args.only in (None, "check"):
             run = run_check(lesson, checkpoint, published, echo=args.echo, threads=args.threads)
             report = run.report
-            result = (f"{report['score']:g}/{report['max_score']:g}" if report else
+            result = (f"{report['score']:g}/{report['max_score']:g}; limits {report['limits'][0]:.0f} s, "
+                      f"{report['limits'][1]:,} MB (the reference needed {report['needs'][0]:.0f} s, "
+                      f"{report['needs'][1]:,.0f} MB)" if report else
                       "no report: " + (run.stderr.strip().splitlines() or ["?"])[-1][:100])
             print(row(lesson, "check", run, result)
                   + "".join(f"\n{'':32s}{line[:300]}" for line in failures(report or {"exercises": []})), flush=True)
