@@ -180,3 +180,25 @@ def test_a_limit_the_reference_itself_exceeds_is_the_limits_fault(hungry):
     assert "too tight for this model, not your code's fault" in result.message
     lower = run_checks(lesson, solved, exercises=["1"], seed=1, model="mini-4l", memory_limit_mb=200)
     assert lower.exercises[0].status == "pass"  # the other exercises are unaffected
+
+
+def test_a_checks_models_build_no_autograd_graph():
+    """ctx.model() and ctx.random_model() hand out models whose parameters need no gradient, so a reference or a
+    learner's function that writes forward results into a tensor in place keeps no graph alive (04.6 on GPT-2 small
+    held 10 GB that way); a gradient with respect to a tensor of the function's own still flows (06.7's delta)."""
+    import torch
+
+    from minimech.grading import CaseContext
+
+    ctx = CaseContext(0, "mini-4l", models={})
+    for model in (ctx.model(), ctx.random_model(n_layers=1, n_heads=2, d_model=8, n_ctx=12, d_vocab=11)):
+        tokens = torch.randint(0, model.cfg.d_vocab, (2, 5))
+        assert not any(p.requires_grad for p in model.parameters())
+        out = torch.zeros(3)
+        out[0] = model(tokens)[0, -1, 0]  # as a causal-trace grid fills itself
+        assert not out.requires_grad and out.grad_fn is None
+        delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+        with model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: act + delta)]):
+            loss = model(tokens)[0, -1].logsumexp(-1)
+        (grad,) = torch.autograd.grad(loss, [delta])
+        assert grad.abs().sum() > 0
