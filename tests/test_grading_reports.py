@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from minimech.grading import fill_solutions, get_lesson, run_checks
-from minimech.grading.checking import Oracle, _blame_slow_limits, scaled_limits
+from minimech.grading.checking import Oracle, _blame_tight_limits, scaled_limits
 from minimech.grading.lessons import load_checks
 from minimech.grading.report import lost_exercise
 
@@ -78,11 +78,11 @@ def test_limits_grow_with_a_bigger_model_and_given_ones_stand(tmp_path):
 def test_a_timeout_the_reference_shares_is_the_limits_fault():
     class Slow:
         model_name = "gpt2"
-        reference_seconds = {"99.1": 12.0, "99.2": 0.1}
+        needs = lambda self, ids: ({"99.1": 12.0, "99.2": 0.1}[ids[0]], 0.0)  # noqa: E731
 
     results = [lost_exercise("99.1", "Softmax", "softmax", 2, "timeout", "took over 20 s (an endless loop?)"),
                lost_exercise("99.2", "Mask", "causal_mask", 1, "timeout", "took over 20 s (an endless loop?)")]
-    _blame_slow_limits(results, Slow(), 20)
+    _blame_tight_limits(results, Slow(), 20, 1024)
     assert "too tight for this model" in results[0].message and "raise --time-limit" in results[0].message
     assert "too tight" not in results[1].message
 
@@ -110,3 +110,95 @@ def test_a_grader_error_is_graded_once_more_before_it_is_reported(tmp_path, monk
     assert all(e.status == "grader error" and "the grader's own failure" in e.message
                for e in grades.reports["bob"].exercises)
     assert len(calls) == 4  # twice each
+
+
+# ---- limits from what the reference solution needs (a model bigger than the lesson's) -----------------------------
+
+HUNGRY_CHECKS = """
+
+def hungry_reference(megabytes):
+    block = torch.ones(megabytes * 2**18)  # megabytes MB of float32, every page written
+    return block.sum()
+
+
+EXERCISES.append(Exercise("99.4", "hungry", "Memory", lambda ctx: [Case({"megabytes": 300})], hungry_reference))
+"""
+
+
+@pytest.fixture(scope="module")
+def hungry(tmp_path_factory):
+    """The fixture lesson with an exercise whose reference solution needs 300 MB, a 64 MB memory limit (a limit
+    sized for a tiny model), and the smaller shipped model as its default (so mini-4l counts as bigger)."""
+    root = tmp_path_factory.mktemp("lessons")
+    folder = root / "99_fixture"
+    shutil.copytree(ROOT / "99_fixture", folder)
+    settings = json.loads((folder / "lesson.json").read_text())
+    settings.update(default_model="attn-only-2l", memory_limit_mb=64, points={**settings["points"], "99.4": 1})
+    (folder / "lesson.json").write_text(json.dumps(settings))
+    (folder / "checks.py").write_text((folder / "checks.py").read_text() + HUNGRY_CHECKS)
+    (folder / "solutions.py").write_text((folder / "solutions.py").read_text() + "\n\ndef hungry(megabytes):\n"
+                                         "    return torch.ones(megabytes * 2**18).sum()\n")
+    (folder / "lesson.py").write_text((folder / "lesson.py").read_text() + "\n\ndef hungry(megabytes):\n"
+                                      "    # EXERCISE 99.4\n    raise NotImplementedError('EXERCISE 99.4')\n")
+    lesson = get_lesson("99", root)
+    (root / "solved.py").write_text(fill_solutions(lesson))
+    return lesson, root / "solved.py"
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is measured through Linux's /proc")
+def test_the_oracle_measures_each_references_peak_memory(hungry):
+    lesson, _ = hungry
+    oracle = Oracle(load_checks(lesson), 1, "attn-only-2l")
+    oracle.wait()
+    seconds, megabytes = oracle.needs(["99.4"])
+    assert 250 < megabytes < 600, oracle.reference_peak_mb  # 300 MB of float32 (and what sum() adds)
+    assert oracle.needs(["99.2"])[1] < 50 and seconds > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is measured through Linux's /proc")
+def test_a_bigger_models_memory_limit_covers_what_the_reference_needs(hungry):
+    """With a model bigger than the lesson's, the learner's process gets at least twice what the reference solution
+    added (plus 512 MB), not the lesson's 64 MB grown by four copies of the weights: the solutions pass."""
+    lesson, solved = hungry
+    oracle = Oracle(load_checks(lesson), 1, "mini-4l")
+    done = []
+    time_s, memory_mb = scaled_limits(lesson, oracle, progress=done.append)
+    assert memory_mb >= 2 * 290 + 512 and sorted(done) == sorted(lesson.points), (memory_mb, done)
+    report = run_checks(lesson, solved, seed=1, model="mini-4l")
+    assert [e.status for e in report.exercises] == ["pass"] * 4, [(e.id, e.message) for e in report.exercises]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is measured through Linux's /proc")
+def test_a_limit_the_reference_itself_exceeds_is_the_limits_fault(hungry):
+    """A memory limit given below what the reference solution needs: the exercise runs out of memory, and the
+    message says the limit is too tight for this model and how to raise it, not that the learner's code is wrong."""
+    lesson, solved = hungry
+    report = run_checks(lesson, solved, exercises=["4"], seed=1, model="mini-4l", memory_limit_mb=200)
+    result, = report.exercises
+    assert result.status == "memory", result.message
+    assert "the reference solution itself needs" in result.message and "raise --memory-limit" in result.message
+    assert "too tight for this model, not your code's fault" in result.message
+    lower = run_checks(lesson, solved, exercises=["1"], seed=1, model="mini-4l", memory_limit_mb=200)
+    assert lower.exercises[0].status == "pass"  # the other exercises are unaffected
+
+
+def test_a_checks_models_build_no_autograd_graph():
+    """ctx.model() and ctx.random_model() hand out models whose parameters need no gradient, so a reference or a
+    learner's function that writes forward results into a tensor in place keeps no graph alive (04.6 on GPT-2 small
+    held 10 GB that way); a gradient with respect to a tensor of the function's own still flows (06.7's delta)."""
+    import torch
+
+    from minimech.grading import CaseContext
+
+    ctx = CaseContext(0, "mini-4l", models={})
+    for model in (ctx.model(), ctx.random_model(n_layers=1, n_heads=2, d_model=8, n_ctx=12, d_vocab=11)):
+        tokens = torch.randint(0, model.cfg.d_vocab, (2, 5))
+        assert not any(p.requires_grad for p in model.parameters())
+        out = torch.zeros(3)
+        out[0] = model(tokens)[0, -1, 0]  # as a causal-trace grid fills itself
+        assert not out.requires_grad and out.grad_fn is None
+        delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+        with model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: act + delta)]):
+            loss = model(tokens)[0, -1].logsumexp(-1)
+        (grad,) = torch.autograd.grad(loss, [delta])
+        assert grad.abs().sum() > 0

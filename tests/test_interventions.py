@@ -318,6 +318,26 @@ def test_ioi_heads_of_the_card_damage_ioi_most(mini):
     assert_unchanged(mini, before)
 
 
+
+def test_fewer_facts_are_spread_over_every_relation_and_scored_the_same(mini):
+    """n_facts (for GPT-2-sized models) keeps that many held-out facts, as many of each relation, over many
+    subjects; its metric is the same mean log P(answer) as one computed prompt by prompt on those facts."""
+    from minimech.analysis.interventions import spread_facts
+    from minimech.training.corpus import Corpus
+
+    every = Corpus(seed=0).fact_eval("heldout")
+    full, some = shipped_behaviours(mini)["facts"], shipped_behaviours(mini, n_facts=60)["facts"]
+    kept = spread_facts(every, 60)
+    assert len(full[0]) == len(every) == 360 and len(some[0]) == len(kept) == 60
+    relations = [f.relation for f in kept]
+    assert all(relations.count(r) == 20 for r in {f.relation for f in every})  # capital, language, continent
+    assert len({f.subject for f in kept}) >= 20 and spread_facts(every, 400) == every
+    with torch.no_grad():
+        logits = mini(some[0])  # [60, pos, d_vocab]
+        by_hand = torch.stack([mini(mini.to_tokens(f.prompt))[0, -1].log_softmax(-1)[
+            mini.to_tokens(f.answer, prepend_bos=False)[0, 0]] for f in kept]).mean()
+    assert some[1](logits).item() == pytest.approx(by_hand.item(), abs=1e-4)
+
 # ---- ROME ---------------------------------------------------------------------------------------------------------
 def test_rank_one_update_algebra():
     gen = torch.Generator().manual_seed(0)

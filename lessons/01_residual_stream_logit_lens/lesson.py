@@ -354,7 +354,8 @@ if MAIN:
         print(f"   all heads together: {dla.sum():.2f} of a logit difference of {logit_diff.mean():.2f}")
         show(plot.heatmap(dla, [f"L{l}" for l in range(model.cfg.n_layers)],
                           [f"H{h}" for h in range(model.cfg.n_heads)], OUT / "01_dla_by_head.png",
-                          title="direct effect on logit(IO) - logit(S)", cbar_label="logit difference"))
+                          title="direct effect on logit(IO) - logit(S)", xlabel="head", ylabel="layer",
+                          cbar_label="direct effect on logit(IO) - logit(S) (logits, mean over prompts)"))
         ioi_card = model.card.get("mechanisms", {}).get("ioi", {})
         if ioi_card:
             ranking = ioi_card["heads_that_matter_most"][:4]

@@ -76,6 +76,7 @@ if MAIN:
               f"running on {DEFAULT_MODEL} instead")
         model = minimech.load(DEFAULT_MODEL)
     IS_GPT2 = is_gpt2_small(model)  # by its weights (config + the manifest's sha256), whatever name loaded it
+    LARGE = model.cfg.d_model > 256  # GPT-2-sized: 144 heads, so the printed tables keep the ten largest entries
     if model.cfg.d_model <= 128:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
     print(model)
@@ -246,8 +247,11 @@ if MAIN:
             show(plot.heatmap(values, rows, cols, OUT / f"02_{kind}_scores.png", title=f"{kind} score", cmap="Blues",
                               center=None, xlabel="head", ylabel="layer",
                               cbar_label=f"{kind} score (mean attention, 0..1)"))
-            print(f"   {kind:14s} " + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l in range(model.cfg.n_layers)
-                                                for h in range(model.cfg.n_heads)))
+            shown = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+            if LARGE:
+                shown = sorted(shown, key=lambda lh: -float(values[lh]))[:10]
+            print(f"   {kind:14s} {'(the ten highest) ' if LARGE else ''}"
+                  + "  ".join(f"L{l}H{h} {values[l, h]:.2f}" for l, h in shown))
         n_heads = model.cfg.n_heads
         # the previous-token head must sit in an earlier layer than the induction head it serves
         later = scores["induction"].clone()
@@ -360,9 +364,12 @@ if MAIN:
         mean, std = baseline.mean().item(), baseline.std().item()
         print(f"   random heads of these shapes: {mean:.3f} +- {std:.3f} (mean +- std of 200 pairs)")
         for kind, table in tables.items():
-            cells = [f"{a}->{b} {table[i, j]:.3f} ({(table[i, j] - mean) / std:+.0f} std)"
-                     for i, a in enumerate(senders) for j, b in enumerate(receivers)]
-            print(f"   {kind}-composition: " + ", ".join(cells))
+            pairs = [(i, j) for i in range(len(senders)) for j in range(len(receivers))]
+            if LARGE:  # 144 pairs: the ten strongest
+                pairs = sorted(pairs, key=lambda ij: -float(table[ij]))[:10]
+            cells = [f"{senders[i]}->{receivers[j]} {table[i, j]:.3f} ({(table[i, j] - mean) / std:+.0f} std)"
+                     for i, j in pairs]
+            print(f"   {kind}-composition{' (the ten strongest pairs)' if LARGE else ''}: " + ", ".join(cells))
             show(plot.heatmap(table, senders, receivers, OUT / f"02_{kind.lower()}_composition.png",
                               title=f"{kind}-composition", cmap="Blues", center=None,
                               xlabel=f"receiver (a head of layer {receiver_layer})",
@@ -556,8 +563,12 @@ if MAIN and IS_GPT2:
         gpt2_scores = detector_scores(model, gpt2_tokens, 50)["induction"]  # [12, 12]
         top10 = [(int(i) // 12, int(i) % 12) for i in gpt2_scores.flatten().topk(10).indices]
         missing = [f"{l}.{h}" for l, h in GPT2_INDUCTION_HEADS if (l, h) not in top10]
-        assert not missing, f"GPT-2 induction heads {missing} are not among the top 10 by your induction score {top10}"
-        print("   GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
+        if missing:  # not a crash: the rest of the lesson still runs (and says what was found instead)
+            print(f"   NOT FOUND: GPT-2 small's induction heads {', '.join(missing)} are not among the ten highest by "
+                  f"your induction score ({', '.join(f'{l}.{h}' for l, h in top10)}); with GPT-2 small's own weights "
+                  "all five are. Check your detector_scores (02.4), or the weights (minimech info gpt2)")
+        else:
+            print("   GPT-2: 5.1, 5.5, 6.9, 7.2 and 7.10 are all among the ten strongest induction heads")
 elif MAIN:
     print("GPT-2 checks skipped: they run with --model gpt2 when GPT-2's weights are on this machine")
 

@@ -41,7 +41,7 @@ import minimech
 from minimech import plot
 from minimech.analysis import (card_heads, circuit_faithfulness, detector_scores, direct_logit_attribution,
                                ioi_dataset, logit_diff as toolkit_logit_diff, patch_heads, patch_resid, path_patch)
-from minimech.notebook import show
+from minimech.notebook import show, tqdm
 from minimech.training.corpus import Corpus
 
 MAIN = __name__ == "__main__"
@@ -96,8 +96,11 @@ if MAIN:
     model = minimech.load(args.model)
     if model.cfg.d_model <= 256:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
+    # GPT-2-sized (d_model 768): the demos use fewer prompts and heads, so that the script takes minutes, not an hour
+    LARGE = model.cfg.d_model > 256
     print(model)
-    ds = ioi_dataset(model, n=32)  # corpus prompts (held-out frames) for a shipped model, templates for GPT-2
+    ds = ioi_dataset(model, n=16 if LARGE else 32)  # corpus prompts (held-out frames) for a shipped model, else
+    # templates (GPT-2)
     abc = ds.abc()  # the same prompts with IO, S1 and S2 replaced by three other names
     print(ds)
     for prompt, io, s in list(zip(ds.prompts, ds.io_tokens, ds.s_tokens))[:3]:
@@ -211,7 +214,8 @@ if MAIN:
             print("   MLPs (the toolkit's attribution): " + ", ".join(f"MLP{l} {v:+.2f}" for l, v in
                                                                     enumerate(attribution.by_mlp().tolist())))
         show(plot.heatmap(dla, *grid_labels(model), OUT / "03_dla_by_head.png",
-                          title="direct effect on logit(IO) - logit(S)", cbar_label="logit difference"))
+                          title="direct effect on logit(IO) - logit(S)", xlabel="head", ylabel="layer",
+                          cbar_label="direct effect on logit(IO) - logit(S) (logits, mean over prompts)"))
         print(f"   the card's heads, directly: " + ", ".join(f"{label(h)} {dla[h]:+.2f}" for h in circuit_heads(model)))
 
 # %% [markdown]
@@ -245,9 +249,11 @@ def patch_head_z(model, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor
 if MAIN:
     scores = patch_heads(model, ds.tokens, abc.tokens, metric, normalise=True)  # [n_layers, n_heads], every position
     show(plot.heatmap(scores, *grid_labels(model), OUT / "03_patch_heads.png",
-                      title="clean z patched into p_ABC (1 = clean)", cbar_label="share of the logit difference back"))
+                      title="clean z patched into p_ABC (1 = clean)", xlabel="head (z patched at every position)",
+                      ylabel="layer", cbar_label="share of the logit difference back (0 = p_ABC's, 1 = clean)"))
     with demo("03.3 your patching of the card's heads"):
-        for head in circuit_heads(model)[:5]:
+        first = circuit_heads(model)[:2 if LARGE else 5]  # GPT-2: two heads, each patched twice
+        for head in tqdm(first, desc="03.3 heads", disable=not LARGE, leave=False):
             value = patch_head_z(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, *head)
             end = patch_head_z(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, *head, pos=-1)
             print(f"   {label(head)}: {(value - m_abc) / (m_clean - m_abc):+.3f} of the way back, "
@@ -285,7 +291,7 @@ if MAIN:
     # sweep's columns line up. The names are the model's own (its corpus's training names, when it has a corpus).
     frame = "When {A} and {B} went to the {place}, {S} gave a {object} to"
     names = Corpus(seed=0).names_train if model.card.get("corpus") else None  # the names the model was trained on
-    one = ioi_dataset(model, n=8, templates=[frame], kinds=("ABBA",), names=names)
+    one = ioi_dataset(model, n=4 if LARGE else 8, templates=[frame], kinds=("ABBA",), names=names)
     one_abc = one.abc()
     roles = {int(one.io_pos[0]): "IO", int(one.s1_pos[0]): "S1", int(one.s2_pos[0]): "S2", int(one.end_pos[0]): "END"}
     columns = position_labels(model.to_str_tokens(one.tokens[0]), roles)
@@ -306,7 +312,9 @@ if MAIN:
         print(f"   max |yours - patch_resid| = {(sweep - toolkit).abs().max():.2e}")
         show(plot.heatmap(sweep, [f"resid_pre {l}" for l in range(model.cfg.n_layers)], columns,
                           OUT / "03_resid_sweep.png", title="clean resid_pre patched into p_ABC (1 = clean)",
-                          cbar_label="share of the logit difference back"))
+                          xlabel="position patched (index, clean token, IOI role)",
+                          ylabel="residual stream patched (before block l)",
+                          cbar_label="share of the logit difference back (0 = p_ABC's, 1 = clean)"))
         for l in range(model.cfg.n_layers):
             best = sweep[l].argmax().item()
             print(f"   before block {l}: strongest at position {columns[best]} ({sweep[l, best]:.2f}); "
@@ -349,7 +357,8 @@ def normalised(m: float) -> float:
 
 if MAIN:
     with demo("03.5 path patching: each card head -> logits (0 = nothing, -1 = everything)"):
-        for head in circuit_heads(model)[:5]:
+        first = circuit_heads(model)[:2 if LARGE else 5]
+        for head in tqdm(first, desc="03.5 heads", disable=not LARGE, leave=False):
             through = path_patch_to_logits(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, head)
             direct = path_patch_to_logits(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, head,
                                           freeze_mlps=True)
@@ -400,11 +409,15 @@ if MAIN:
                       "S2->S1+1": (ds.s2_pos, ds.s1_pos + 1)}
         table = {name: role_attention(model, ds.tokens, q, k) for name, (q, k) in role_pairs.items()}
         detectors = detector_scores(model)  # lesson 02's detectors, on repeated random tokens (the toolkit's)
+        shown = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+        if LARGE:  # 144 heads: the ten that attend most between any two roles
+            strongest = torch.stack(list(table.values())).amax(0)  # [n_layers, n_heads]
+            shown = sorted(shown, key=lambda lh: -float(strongest[lh]))[:10]
+            print(f"   the ten heads (of {len(strongest.flatten())}) with the strongest attention between two roles:")
         print("   head   " + "  ".join(f"{n:>8}" for n in table) + "   prev-tok  direct")
-        for l in range(model.cfg.n_layers):
-            for h in range(model.cfg.n_heads):
-                print(f"   L{l}H{h}   " + "  ".join(f"{t[l, h]:8.2f}" for t in table.values())
-                      + f"   {detectors['previous_token'][l, h]:8.2f}  {dla[l, h]:+6.2f}")
+        for l, h in shown:
+            print(f"   L{l}H{h}   " + "  ".join(f"{t[l, h]:8.2f}" for t in table.values())
+                  + f"   {detectors['previous_token'][l, h]:8.2f}  {dla[l, h]:+6.2f}")
 
 # %% [markdown]
 # Read the table class by class. Name movers: a high END→IO column with a low END→S1 and a positive direct effect.
@@ -497,10 +510,10 @@ if MAIN:
     rows = torch.arange(len(ds))
     end_to_s2 = {(l, h): cache["pattern", l][rows, h, ds.end_pos, ds.s2_pos].mean().item()
                  for l in range(min(l for l, _ in movers)) for h in range(model.cfg.n_heads)}
-    senders = sorted(end_to_s2, key=lambda lh: -end_to_s2[lh])[:3]
+    senders = sorted(end_to_s2, key=lambda lh: -end_to_s2[lh])[:2 if LARGE else 3]  # GPT-2: 40 s a sender
     with demo("03.8 path patching into the name movers' queries at END"):
         print(f"   receivers (name mover candidates, by direct effect): {[label(h) for h in movers]}")
-        for sender in senders:
+        for sender in tqdm(senders, desc="03.8 senders", disable=not LARGE, leave=False):
             mine = path_patch_to_queries(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, sender, movers,
                                          ds.end_pos)
             toolkit = path_patch(model, ds.tokens, abc.tokens, metric, senders=[sender], receivers=movers,
@@ -590,7 +603,7 @@ if MAIN:
         toolkit = circuit_faithfulness(model, ds, heads, reference=abc.tokens, mean_over="position")
         print(f"   {[label(h) for h in heads]}: {ratio:.1%} (toolkit {toolkit.ratio:.1%}; with the paper's "
               f"per-template means {circuit_faithfulness(model, ds, heads).ratio:.1%})")
-        for drop in heads[:5]:
+        for drop in tqdm(heads[:2 if LARGE else 5], desc="03.10 circuits", disable=not LARGE, leave=False):
             less = [h for h in heads if h != drop]
             print(f"   without {label(drop)}: "
                   f"{circuit_faithfulness_ratio(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, less):.1%}")

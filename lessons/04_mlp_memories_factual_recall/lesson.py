@@ -42,7 +42,7 @@ import minimech
 from minimech import plot
 from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import memory_logits, search_corpus, top_activating
-from minimech.notebook import show
+from minimech.notebook import show, tqdm
 from minimech.training.corpus import Corpus
 
 MAIN = __name__ == "__main__"
@@ -78,16 +78,34 @@ def top_token(model, prompt: str) -> int:
     return int(model(model.to_tokens(prompt))[0, -1].argmax())
 
 
+def known_facts(model, facts) -> list:
+    """The facts whose answer's first token is the model's top token, prompts of one token length run as one batch
+    (360 prompts: one forward each would take GPT-2 a minute)."""
+    groups: dict[int, list] = {}
+    for f in facts:
+        groups.setdefault(model.to_tokens(f.prompt).shape[1], []).append(f)
+    right = set()
+    for group in groups.values():
+        for start in range(0, len(group), 64):
+            chunk = group[start:start + 64]
+            top = model(model.to_tokens([f.prompt for f in chunk]))[:, -1].argmax(-1)  # [n_chunk]
+            right.update(id(f) for f, t in zip(chunk, top.tolist()) if t == first_token(model, f.answer))
+    return [f for f in facts if id(f) in right]
+
+
 if MAIN:
     args = parse_args()
     torch.set_grad_enabled(False)
     model = minimech.load(args.model)
     if model.cfg.d_model <= 256:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
+    # GPT-2-sized (d_model 768): fewer noise samples, traced facts and documents, so the script takes minutes
+    LARGE = model.cfg.d_model > 256
+    SAMPLES = 3 if LARGE else 10  # noise samples per causal trace
     print(model)
     corpus = Corpus(seed=0)  # the corpus the shipped models were trained on
     facts = corpus.fact_eval("heldout")  # held-out phrasings: word orders never used for these facts in training
-    known = [f for f in facts if top_token(model, f.prompt) == first_token(model, f.answer)]
+    known = known_facts(model, facts)
     print(f"{len(facts)} held-out fact prompts; the model's top token is the answer's first token on {len(known)}")
     for f in facts[:3]:
         print(f"   {f.prompt!r} -> {f.answer!r} ({f.relation}, subject {f.subject!r})")
@@ -227,7 +245,7 @@ if MAIN:
     answer = first_token(model, fact.answer)
     subject = find_subject_positions(model, tokens, fact.subject)
     std = 3 * model.W_E.std().item()  # ROME's noise scale
-    noise = torch.randn(10, len(subject), model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * std
+    noise = torch.randn(SAMPLES, len(subject), model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * std
     clean_prob = model(tokens)[0, -1].softmax(-1)[answer].item()
     print(f"\n{fact.prompt!r} -> {fact.answer!r}: clean P = {clean_prob:.3f}; subject {fact.subject!r} at positions "
           f"{subject} of {str_tokens}")
@@ -242,7 +260,7 @@ prediction_1 = None  # your guess: the mean P(answer) over the noised runs, e.g.
 # %%
 if MAIN:
     with demo("04.4 noising the subject"):
-        noised = noised_answer_probs(model, tokens, subject, answer, noise)  # [10]
+        noised = noised_answer_probs(model, tokens, subject, answer, noise)  # [SAMPLES]
         print(f"   noised: P = {noised.mean():.3f} (samples from {noised.min():.3f} to {noised.max():.3f}); "
               f"clean {clean_prob:.3f}")
 
@@ -322,9 +340,11 @@ def where(pos: int, subject_positions: list, n_pos: int) -> str:
 
 
 if MAIN:
-    with demo("04.6 the causal trace, every kind"):
-        grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind) for kind in KIND_HOOKS}
-        toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=10, seed=0)
+    traced = ("resid", "mlp") if LARGE else tuple(KIND_HOOKS)  # GPT-2: attention's trace left out (a minute more)
+    with demo(f"04.6 the causal trace: {', '.join(traced)}"):
+        grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind)
+                 for kind in tqdm(traced, desc="04.6 traces", disable=not LARGE, leave=False)}
+        toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=SAMPLES, seed=0, kinds=traced)
         print(f"   max |yours - causal_trace| = {max((grids[k] - toolkit.scores[k]).abs().max() for k in grids):.2e}")
         for kind, grid in grids.items():
             layer, pos = divmod(int(grid.argmax()), grid.shape[1])
@@ -377,7 +397,7 @@ if MAIN:
     pick = right[0] if right else 0
     ioi_tokens, io_pos = ioi.tokens[pick:pick + 1], [int(ioi.io_pos[pick])]
     ioi_answer, ioi_str = int(ioi.io_tokens[pick]), model.to_str_tokens(ioi.tokens[pick])
-    ioi_noise = torch.randn(10, 1, model.cfg.d_model, generator=torch.Generator().manual_seed(1)) * std
+    ioi_noise = torch.randn(SAMPLES, 1, model.cfg.d_model, generator=torch.Generator().manual_seed(1)) * std
     print(f"\n   control prompt {ioi.prompts[pick]!r}: the name {ioi_str[io_pos[0]]!r} at position {io_pos[0]} noised")
 
 # %% [markdown]
@@ -405,8 +425,8 @@ if MAIN:
             ax.set_yticks(range(len(labels)), [f"{t!r}*" if p in marked else repr(t) for p, t in enumerate(labels)],
                           fontsize=7)
             ax.set_xticks(range(model.cfg.n_layers))
-            ax.set(xlabel="MLP restored", title=title)
-        fig.colorbar(image, ax=axes, label="fraction of the lost P recovered (* noised)")
+            ax.set(xlabel="MLP restored (layer)", ylabel="position restored (token; * noised)", title=title)
+        fig.colorbar(image, ax=axes, label="fraction of the lost P(answer) recovered (0 = noised, 1 = clean)")
         show(fig, OUT / "04_trace_and_control.png")
 
 # %% [markdown]
@@ -430,12 +450,13 @@ prediction_4 = None  # your guess: the share of facts whose MLP peak is at the s
 # %%
 if MAIN:
     relations = sorted({f.relation for f in usable})
-    survey = []  # up to 12 facts, spread over the relations and the subjects
+    surveyed = 3 if LARGE else 12
+    survey = []  # up to 12 facts (GPT-2: 3), spread over the relations and the subjects
     for relation in relations:
         some = [f for f in usable if f.relation == relation]
-        survey += some[:: max(1, len(some) // (12 // len(relations)))][: 12 // len(relations)]
+        survey += some[:: max(1, len(some) // max(1, surveyed // len(relations)))][: max(1, surveyed // len(relations))]
     peaks = {}
-    for f in survey:
+    for f in tqdm(survey, desc="traced facts", disable=not LARGE, leave=False):
         toks = model.to_tokens(f.prompt)
         trace = causal_trace(model, toks, first_token(model, f.answer), f.subject, samples=5, kinds=("mlp",))
         layer, pos = trace.peak("mlp")
@@ -484,7 +505,7 @@ if MAIN:
               "are read there")
         for index, c, n in zip(indices.tolist(), clean_acts.tolist(), noised_acts.tolist()):
             memory = model.blocks[mlp_layer].mlp.memories[index]
-            found, _ = search_corpus(memory, model, n_documents=150, k=3)
+            found, _ = search_corpus(memory, model, n_documents=40 if LARGE else 150, k=3)
             print(f"\n   {memory.name}: activation {c:+.2f} clean, {n:+.2f} noised (mean); promotes "
                   f"{[t for t, _ in memory.top_tokens(6)]}")
             for hit in found:
@@ -510,7 +531,7 @@ if MAIN:
             print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
                   "are here (minimech fetch gpt2)")
         else:
-            for f in usable[:4]:
+            for f in tqdm(usable[:4], desc="GPT-2 traces", leave=False):
                 toks = model.to_tokens(f.prompt)
                 sp = find_subject_positions(model, toks, f.subject)
                 draws = torch.randn(3, len(sp), model.cfg.d_model, generator=torch.Generator().manual_seed(0))

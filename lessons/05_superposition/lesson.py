@@ -391,15 +391,16 @@ def plot_sweep(runs: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(runs), figsize=(2.2 * len(runs), 5.0))
     for col, (sparsity, W) in enumerate(runs.items()):
         measures = feature_norms_and_interference(W)
-        axes[0, col].imshow((W.T @ W).numpy(), cmap="RdBu", vmin=-1, vmax=1)
-        axes[0, col].set(title=f"S = {sparsity}", xticks=[], yticks=[])
+        image = axes[0, col].imshow((W.T @ W).numpy(), cmap="RdBu", vmin=-1, vmax=1)
+        axes[0, col].set(title=f"S = {sparsity}", xticks=[], yticks=[], xlabel="feature j")
         shade = 1 - measures["interference"].clamp(0, 1).numpy()  # 1: a dimension of its own
         axes[1, col].barh(range(W.shape[1]), measures["norms"].numpy(), color=plt.cm.viridis(shade))
         axes[1, col].set(xlim=(0, 1.5), ylim=(W.shape[1] - 0.5, -0.5), yticks=[],
                          xlabel=f"D* = {feature_dimensionality(W)['dims_per_feature']:.2f}")
-    axes[0, 0].set_ylabel("Wᵀ W")
+    axes[0, 0].set_ylabel("Wᵀ W: feature i")
     axes[1, 0].set_ylabel("||W_i||, most important on top")
     fig.tight_layout()
+    fig.colorbar(image, ax=axes[0].tolist(), label="W_i · W_j (dot product; colours clipped at ±1)")
     show(fig, path)
 
 

@@ -44,8 +44,9 @@ from minimech import plot
 from minimech.analysis import (ablation_damage, card_heads, fact_layer, find_subject_positions, ioi_dataset,
                                key_covariance, rank_one_update as toolkit_rank_one_update, rome_edit,
                                shipped_behaviours, steer, steering_vector as toolkit_steering_vector)
+from minimech.analysis.interventions import spread_facts
 from minimech.analysis.memories import prompt_batch
-from minimech.notebook import show
+from minimech.notebook import show, tqdm
 from minimech.training.corpus import Corpus
 
 MAIN = __name__ == "__main__"
@@ -99,6 +100,8 @@ if MAIN:
     model = minimech.load(args.model)
     if model.cfg.d_model <= 256:
         torch.set_num_threads(1)  # a small model's matrices are tiny: more threads cost more than they save
+    # GPT-2-sized (d_model 768): fewer prompts, documents and facts in the demos, so the script takes minutes
+    LARGE = model.cfg.d_model > 256
     print(model)
     corpus = Corpus(seed=0)  # the corpus the shipped models were trained on
     facts_train, facts_heldout, facts_all = (corpus.fact_eval(s) for s in ("train", "heldout", "all"))
@@ -136,7 +139,7 @@ def mean_ablated_logits(model, tokens: torch.Tensor, heads: list, reference_toke
 
 # %%
 if MAIN:
-    ds = ioi_dataset(model, n=32)  # corpus prompts of one length (held-out frames); GPT-2: templates
+    ds = ioi_dataset(model, n=16 if LARGE else 32)  # corpus prompts of one length (held-out frames); GPT-2: templates
     abc = ds.abc()  # the same prompts with three other names: the reference for the means
     metric = ds.logit_diff()  # mean logit(IO) - logit(S) at the last position
     heads = ioi_heads(model)
@@ -200,7 +203,8 @@ prediction_2 = None  # your guess: the behaviours the IOI heads' ablation damage
 # %%
 if MAIN:
     # each behaviour's means over its own prompts (they are many, and of one kind)
-    behaviours = {name: (tokens, tokens, m) for name, (tokens, m) in shipped_behaviours(model).items()}
+    sizes = dict(n_ioi=16, n_text=10, n_facts=60) if LARGE else {}  # GPT-2: 360 facts' logits alone are 0.9 GB
+    behaviours = {name: (tokens, tokens, m) for name, (tokens, m) in shipped_behaviours(model, **sizes).items()}
     every = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     card = (model.card.get("mechanisms") or {}).get("ioi", {}).get("mean_ablation_heads")
     quiet = [every[int(i)] for i in torch.tensor(card).abs().flatten().argsort()[:len(heads)]] if card else []
@@ -209,7 +213,7 @@ if MAIN:
     head_sets = {k: v for k, v in head_sets.items() if v}
     with demo("06.2 the damage of each ablation on every behaviour"):
         changes = []
-        for name, hs in head_sets.items():
+        for name, hs in tqdm(head_sets.items(), desc="06.2 head sets", disable=not LARGE, leave=False):
             table = damage_table(model, behaviours, hs)  # [n_behaviours, 2]
             changes.append(table[:, 1] - table[:, 0])
             print(f"   {name} ({label(hs)}):")
@@ -221,7 +225,9 @@ if MAIN:
                 print(f"      max |yours - ablation_damage| = "
                       f"{max(abs(table[i, 1].item() - toolkit.after[k]) for i, k in enumerate(behaviours)):.2e}")
         show(plot.heatmap(torch.stack(changes), list(head_sets), list(behaviours), OUT / "06_damage.png",
-                          title="metric change, heads mean-ablated", cbar_label="after - before (higher is better)"))
+                          title="metric change, heads mean-ablated", xlabel="behaviour (its own metric)",
+                          ylabel="heads mean-ablated",
+                          cbar_label="metric after - before (logits for ioi, nats for the others; higher is better)"))
 
 # %% [markdown]
 # Read the table row by row against your guess. Each behaviour's metric is in its own units (a logit difference,
@@ -373,9 +379,10 @@ if MAIN:
         best_hook = f"blocks.{best}.hook_resid_pre"
         best_vector = steering_vector(model, positive, negative, best_hook)
         others = [f for f in facts_heldout if f.subject not in ("France", "Spain")]
+        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
         groups = by_length(model, others)
         history = []
-        for coeff in (0.0, 0.5, 1.0, 1.5, 2.0):
+        for coeff in tqdm((0.0, 0.5, 1.0, 1.5, 2.0), desc="06.5 coefficients", disable=not LARGE, leave=False):
             tops = [top_token(model, steered_logits(model, model.to_tokens(f.prompt), best_hook, best_vector, coeff,
                                                     pos=-1)[0, -1]) for f in france]
             accuracy, to_madrid = steered_accuracy(model, groups, best_hook, best_vector, coeff)
@@ -441,9 +448,10 @@ if MAIN:
     W_out = model.blocks[layer].mlp.W_out.detach()  # [d_mlp, d_model]
     print(f"\n   MLP{layer}, key at {model.to_str_tokens(prompt_tokens)[subject_pos]!r} (position {subject_pos}), "
           f"|k| = {key.norm():.2f}")
-    text_tokens, text_mask = prompt_batch(model, corpus.training_documents(300, seed=1), truncate=True)
+    n_documents = 40 if LARGE else 300  # GPT-2: 300 documents' logits would be 2 GB
+    text_tokens, text_mask = prompt_batch(model, corpus.training_documents(n_documents, seed=1), truncate=True)
     text_mask[:, 0] = False  # the BOS is no text
-    toolkit_cov = key_covariance(model, layer)  # the same 300 documents, plus a small ridge
+    toolkit_cov = key_covariance(model, layer, n_documents)  # the same documents, plus a small ridge
     with demo("06.6 the keys' second moment"):
         second_moment = key_second_moment(model, layer, text_tokens, text_mask)  # [d_mlp, d_mlp]
         cov = second_moment + 1e-3 * second_moment.diagonal().mean() * torch.eye(len(key))  # a ridge: C inverts
@@ -592,7 +600,9 @@ prediction_4 = None  # your guess: the share of France's other facts kept, and o
 if MAIN:
     with demo("06.9 the edit's effects, fact by fact"):
         # every phrasing of the subject's facts (PROMPT among them); for the other subjects, the held-out phrasings
-        facts = [f for f in facts_all if f.subject == SUBJECT] + [f for f in facts_heldout if f.subject != SUBJECT]
+        others = [f for f in facts_heldout if f.subject != SUBJECT]
+        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
+        facts = [f for f in facts_all if f.subject == SUBJECT] + others
         for name, dw in [("C from text", update), ("C = I", plain)]:
             print(f"   ROME with {name}:")
             for what, (before, after) in edit_report(model, layer, dw, facts, new_id).items():

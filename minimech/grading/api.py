@@ -125,6 +125,14 @@ def loaded_models() -> list:
         return list(_MODELS.values())
 
 
+def read_only(model):
+    """A check's model, its parameters not requiring gradients: cases only read it (a call that changes it is
+    caught), and otherwise every forward pass with grad mode on builds an autograd graph. A function that writes
+    forward results into a tensor in place then keeps every graph alive: 04.6's causal trace on GPT-2 small held
+    10 GB that way. Gradients with respect to the inputs or a tensor of the learner's own (06.7's delta) still flow."""
+    return model.requires_grad_(False)
+
+
 @dataclass
 class CaseContext:
     """What `cases(ctx)` gets: a seed, a generator seeded with it, and the lesson's models."""
@@ -140,14 +148,15 @@ class CaseContext:
         self.gen = torch.Generator().manual_seed(self.seed)
 
     def model(self, name: str | None = None):
-        """The lesson's model (or the named one), loaded once (per grading run) and shared by every case."""
+        """The lesson's model (or the named one), loaded once (per grading run) and shared by every case. Its
+        parameters do not require gradients (see read_only)."""
         from ..loading import load
 
         name = name or self.model_name
         cache = _MODELS if self.models is None else self.models
         with _MODELS_LOCK:
             if name not in cache:
-                cache[name] = load(name).eval()
+                cache[name] = read_only(load(name).eval())
             return cache[name]
 
     def random_model(self, seed: int | None = None, **cfg):
@@ -168,4 +177,4 @@ class CaseContext:
                     p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
                 else:
                     p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-        return model.eval()
+        return read_only(model.eval())

@@ -83,35 +83,60 @@ def check_options(model: str | None, seed, time_limit_s, memory_limit_mb) -> Non
 
 
 MAX_SCALE = 50  # a bigger model's limits grow with it, up to this factor
+TIME_HEADROOM = 3  # a learner's process may take this many times what the reference solution took on one thread
+MEMORY_HEADROOM, MEMORY_SLACK_MB = 2, 512  # ... and twice the memory it added, plus this (allocator, imports)
 
 
-def scaled_limits(lesson: Lesson, oracle: Oracle, time_limit_s=None, memory_limit_mb=None) -> tuple[float, int]:
+def _default_parameters(lesson: Lesson, params: int) -> int:
+    from ..loading import load
+
+    try:
+        return sum(p.numel() for p in load(lesson.settings["default_model"]).parameters())
+    except Exception:  # the default model is missing here: no scale to go by
+        return params
+
+
+def scaled_limits(lesson: Lesson, oracle: Oracle, time_limit_s=None, memory_limit_mb=None,
+                  progress=None) -> tuple[float, int]:
     """(seconds per exercise, MB beyond what is loaded): the ones given, else lesson.json's, grown for a model
     bigger than the lesson's default: time by sqrt(parameters / default's parameters) (at most MAX_SCALE times),
-    memory by four copies of the model's weights (a clone, gradients, an optimizer's moments)."""
+    memory by four copies of the model's weights (a clone, gradients, an optimizer's moments); and at least what
+    the reference solution itself needs on that model (TIME_HEADROOM times its time on one thread, MEMORY_HEADROOM
+    times the memory it added plus MEMORY_SLACK_MB), measured by waiting for the references before any learner's
+    code runs (progress(exercise id) as each is done). On the lesson's own model nothing waits."""
     time_s, memory_mb = lesson.settings["time_limit_s"], lesson.settings["memory_limit_mb"]
     params, default = oracle.parameters(), lesson.settings["default_model"]
     if params and oracle.model_name != default and default != "none":
-        try:
-            from ..loading import load
-
-            base = sum(p.numel() for p in load(default).parameters())
-        except Exception:  # the default model is missing here: no scale to go by
-            base = params
+        base = _default_parameters(lesson, params)
         time_s *= min(MAX_SCALE, max(1.0, (params / base) ** 0.5))
         memory_mb += 4 * params * 4 // 2**20
+        if params > base and (time_limit_s is None or memory_limit_mb is None):
+            oracle.wait(progress)
+            need_s, need_mb = oracle.needs()
+            time_s = max(time_s, TIME_HEADROOM * need_s)
+            memory_mb = max(memory_mb, MEMORY_HEADROOM * need_mb + MEMORY_SLACK_MB)
     return float(time_limit_s or time_s), int(memory_limit_mb or memory_mb)
 
 
-def _blame_slow_limits(results: list, oracle: Oracle, limit_s: float) -> list:
-    """A timeout where the reference solution itself takes half the limit or more is the limit's fault (a model
-    bigger than the lesson's), not the learner's: say so."""
+def _ran_out_of_memory(result) -> bool:
+    return result.status == "memory" or (result.status == "error" and "(SIGKILL)" in result.message)
+
+
+def _blame_tight_limits(results: list, oracle: Oracle, limit_s: float, memory_mb: int) -> list:
+    """A timeout where the reference solution itself takes half the limit or more, or running out of memory where
+    it needs half the memory limit or more, is the limit's fault (a model bigger than the lesson's, or a limit
+    given too tight), not the learner's: say so, and how to raise it."""
     for e in results:
-        spent = oracle.reference_seconds.get(e.id, 0.0)
+        spent, need_mb = oracle.needs([e.id])
         if e.status == "timeout" and spent >= limit_s / 2:
-            e.message = (f"{e.message}; but the reference solution itself takes {spent:.0f} s here with model "
+            e.message = (f"{e.message}; but the reference solution itself takes {spent:.0f} s (on one thread) here with model "
                          f"{oracle.model_name}: the time limit ({limit_s:g} s) is too tight for this model, not your "
                          "code's fault: raise --time-limit")
+        elif _ran_out_of_memory(e) and need_mb >= memory_mb / 2:
+            e.message = (f"{e.message}; but the reference solution itself needs {need_mb:,.0f} MB here with model "
+                         f"{oracle.model_name}: the memory limit ({memory_mb:,} MB) is too tight for this model, not "
+                         f"your code's fault: raise --memory-limit (to {MEMORY_HEADROOM * need_mb + MEMORY_SLACK_MB:,.0f}"
+                         " or more)")
     return results
 
 
@@ -132,13 +157,15 @@ def judge_all(lesson: Lesson, chosen: list[Exercise], outcomes: dict, oracle: Or
 def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, isolate: bool = True,
                model: str | None = None, root=None, overrides: dict | None = None,
                time_limit_s: float | None = None, memory_limit_mb: int | None = None,
-               oracle: Oracle | None = None, sandbox=None, secret=(), progress=None) -> Report:
+               oracle: Oracle | None = None, sandbox=None, secret=(), progress=None,
+               reference_progress=None) -> Report:
     """Check a learner's lesson file: every exercise (or those named: "3", "02.3", or a list) on fresh random
     inputs (seed: random unless given, recorded in the report). isolate=False runs the file in this process,
     without time or memory limits (for tests); overrides {function name: function} then replaces functions.
     sandbox: a sandbox.Sandbox (default: the strongest that works here); secret: more folders the learner's
     process may not read (a class's submissions). Limits: the ones given, else lesson.json's, grown for a model
-    bigger than the lesson's (scaled_limits). progress(exercise id) is called as each exercise is done."""
+    bigger than the lesson's (scaled_limits). progress(exercise id) is called as each exercise is done;
+    reference_progress(exercise id) as each reference answer is, where the limits wait for them (a bigger model)."""
     lesson = get_lesson(lesson, root)
     learner_file = Path(learner_file)
     if not learner_file.is_file():
@@ -150,7 +177,7 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
             script = Path(tmp) / "lesson.py"
             script.write_text(notebook_to_script(learner_file), encoding="utf-8")
             report = run_checks(lesson, script, exercises, seed, isolate, model, root, overrides, time_limit_s,
-                                memory_limit_mb, oracle, sandbox, secret, progress)
+                                memory_limit_mb, oracle, sandbox, secret, progress, reference_progress)
         return dataclasses.replace(report, learner_file=str(learner_file))
     if overrides and isolate:
         raise GradingError("overrides work only with isolate=False")
@@ -166,10 +193,10 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
 
         source = learner_file.read_bytes()  # bytes: the child reads them as Python would (BOM, coding line)
         tasks = [(e.id, e.function, tuple(e.library)) for e in chosen if oracle.built(e.id)]
-        limit_s, memory_mb = scaled_limits(lesson, oracle, time_limit_s, memory_limit_mb)
+        limit_s, memory_mb = scaled_limits(lesson, oracle, time_limit_s, memory_limit_mb, reference_progress)
         outcomes = run_isolated(lesson, source, tasks, oracle, limit_s, memory_mb, sandbox or choose(), secret,
                                 progress)
-        results = _blame_slow_limits(judge_all(lesson, chosen, outcomes, oracle), oracle, limit_s)
+        results = _blame_tight_limits(judge_all(lesson, chosen, outcomes, oracle), oracle, limit_s, memory_mb)
     else:
         outcomes = run_in_process(learner_file, chosen, oracle, overrides, list(lesson.predictions))
         results = judge_all(lesson, chosen, outcomes, oracle)

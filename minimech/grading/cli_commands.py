@@ -98,9 +98,11 @@ def register(command, arg, print_table) -> None:
              arg("--seed", type=int, default=None, help="the inputs' seed (default: random, shown)"),
              arg("--model", default=None, help="the model the checks use (default: the lesson's)"),
              arg("--time-limit", type=float, default=None, metavar="S",
-                 help="seconds per exercise (default: lesson.json's, grown for a bigger --model)"),
+                 help="seconds per exercise (default: lesson.json's; for a bigger --model, grown with it and "
+                      "at least 3x what the reference solution takes)"),
              arg("--memory-limit", type=int, default=None, metavar="MB",
-                 help="MB beyond what is loaded (default: lesson.json's, grown for a bigger --model)"))
+                 help="MB beyond what is loaded (default: lesson.json's; for a bigger --model, grown with it and "
+                      "at least twice what the reference solution needs, plus 512)"))
     def cmd_check(args) -> int:
         from tqdm import tqdm
 
@@ -111,10 +113,14 @@ def register(command, arg, print_table) -> None:
         path = Path(args.file) if args.file else ws.learner_file(lesson, workspace)
         print(f"checking {path} (lesson {lesson.id}: {lesson.title})\n")
         total = len(args.exercises) if args.exercises else len(lesson.points)
-        with tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar:
+        # with a model bigger than the lesson's, the reference answers come first (they set the limits)
+        with tqdm(total=len(lesson.points), desc="reference answers (they set the limits for this model)", unit="",
+                  delay=10, file=sys.stderr, leave=False) as references, \
+                tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar:
             report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model,
                                 time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit,
-                                progress=lambda ex_id: bar.update(1))
+                                progress=lambda ex_id: bar.update(1),
+                                reference_progress=lambda ex_id: references.update(1))
         _print_report(report, print_table)
         if not args.file or Path(args.file).resolve() in {(workspace / lesson.name / name).resolve()
                                                           for name in ("lesson.py", "lesson.ipynb")}:

@@ -18,6 +18,7 @@ import threading
 import time
 import types
 import weakref
+from pathlib import Path
 
 import torch
 
@@ -87,6 +88,48 @@ def loads(data: bytes):
     return pickle.loads(data)
 
 
+def _status_mb(field: str) -> float | None:
+    """A figure of /proc/self/status ("VmRSS", "VmHWM"), in MB; None where there is none (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak() -> float | None:
+    """This process's resident memory now (MB), after freed heap memory went back to the operating system and the
+    kernel's peak (VmHWM) was reset to it; None where that cannot be done (not Linux, /proc read-only): then the
+    references' memory is not measured. (minimech.memory keeps freed memory for reuse, which would hide a peak.)"""
+    from ..memory import _glibc
+
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size (Linux 4.0+)
+    except OSError:
+        return None
+    return _status_mb("VmRSS")
+
+
+class PeakMemory:
+    """How much memory a block of code added at its peak, in MB (this process's resident set; Linux): used around
+    each exercise's references, so that a learner's process gets what the reference solution itself needed."""
+
+    def __enter__(self):
+        self.base = _reset_peak()
+        self.mb = None
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status_mb("VmHWM") if self.base is not None else None
+        self.mb = max(0.0, peak - self.base) if peak is not None else None
+        return False
+
+
 class Oracle:
     """Each exercise's cases (built once, on this oracle's own models), their pickled arguments for the children,
     and the reference answers. Never sees learner code."""
@@ -98,7 +141,9 @@ class Oracle:
         self._errors: dict[str, GradingError] = {}
         self._answers: dict[str, list] = {}
         self._local = threading.local()
-        self.reference_seconds: dict[str, float] = {}  # how long each exercise's references took here
+        self.reference_seconds: dict[str, float] = {}  # how long each exercise's references took here (wall clock)
+        self.reference_cpu_seconds: dict[str, float] = {}  # their CPU time, every thread: roughly one thread's need
+        self.reference_peak_mb: dict[str, float] = {}  # the memory they added at their peak (where measurable)
         self.models: dict = {}  # this oracle's models only (ctx.model() loads them here)
         models = self.models
         for ex in exercises:
@@ -125,14 +170,39 @@ class Oracle:
                 exercise = self.exercises[ex_id]
                 try:
                     torch.manual_seed(self.seed)  # a reference that draws from the global generator draws the same
-                    start = time.perf_counter()
-                    self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
+                    start, cpu = time.perf_counter(), time.process_time()
+                    with PeakMemory() as peak:
+                        self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
                     self.reference_seconds[ex_id] = time.perf_counter() - start
+                    self.reference_cpu_seconds[ex_id] = time.process_time() - cpu
+                    if peak.mb is not None:
+                        self.reference_peak_mb[ex_id] = peak.mb
                 except Exception as exc:  # a bug in the lesson's checks.py, not the learner's
                     self._errors[ex_id] = GradingError(f"grader error in checks.py ({ex_id}): the reference failed: "
                                                        f"{type(exc).__name__}: {exc}")
         finally:
             self._ready.set()
+
+    def wait(self, progress=None) -> None:
+        """Until every reference is computed; progress(exercise id) as each one is done (for a progress bar)."""
+        told: set = set()
+        while not self._ready.wait(0.5):
+            for ex_id in list(self.reference_seconds):
+                if progress is not None and ex_id not in told:
+                    told.add(ex_id)
+                    progress(ex_id)
+        for ex_id in self.exercises:
+            if progress is not None and ex_id not in told:
+                progress(ex_id)
+
+    def needs(self, ex_ids=None) -> tuple[float, float]:
+        """(seconds, MB) the reference solution needed for the exercises (all by default) at most: one exercise's
+        time on one thread (its wall clock, or its CPU time over every thread when that is more), and the memory
+        it added (0 where unmeasured). Call wait() first."""
+        ids = list(self.exercises) if ex_ids is None else list(ex_ids)
+        seconds = max((max(self.reference_seconds.get(i, 0.0), self.reference_cpu_seconds.get(i, 0.0))
+                       for i in ids), default=0.0)
+        return seconds, max((self.reference_peak_mb.get(i, 0.0) for i in ids), default=0.0)
 
     def parameters(self) -> int:
         """How many parameters the largest model this oracle loaded has (0: none was loaded)."""
