@@ -4,7 +4,7 @@ control, facts in held-out word orders, copying at long distances, causal tracin
 controls, ROME edits, and the unknown-token share of English the generator did not write.
 
     python benchmarks/story_model.py weights/story-4l            # prints, and writes card.json's "probes"
-    python benchmarks/story_model.py /tmp/run --no-write
+    python benchmarks/story_model.py path/to/trained-run --no-write
 
 Takes a few minutes on one thread (ROME and the traces dominate).
 """
