@@ -4,6 +4,7 @@ The cross-check against SAELens itself is tests/test_sae_peers.py."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -183,6 +184,22 @@ def test_training_reconstructs_and_never_changes_the_model(activation, k):
         assert metrics.l0 <= k
 
 
+def test_sae_text_is_the_models_own_corpus(mini):
+    """An SAE reads the text its model was trained on: story-4l's stories (every word in its vocabulary, and the
+    kinds of document only that corpus writes), mini-4l's templates."""
+    from minimech.sae.activations import corpus_documents, corpus_kind
+    from minimech.training.lexicon import TOWN_ENDS, TOWN_STARTS
+
+    story, templates = minimech.load("story-4l"), minimech.load("mini-4l")
+    assert (corpus_kind(story), corpus_kind(templates)) == ("stories", "templates")
+    documents = corpus_documents(story, 200, seed=11)
+    assert story.tokenizer.unk_id is not None
+    assert sum(story.tokenizer.encode(d).count(story.tokenizer.unk_id) for d in documents) == 0
+    town = re.compile(rf"\b({'|'.join(TOWN_STARTS)})({'|'.join(TOWN_ENDS)})\b")  # made-up towns: stories only
+    assert sum(bool(town.search(d)) for d in documents) > 5
+    assert not any(town.search(d) for d in corpus_documents(templates, 200, seed=11))
+
+
 def test_activation_stream_is_bounded_shuffled_and_skips_special_tokens(mini):
     resid = f"blocks.{middle(mini)[1]}.hook_resid_pre"
     stream = ActivationStream(mini, resid, batch_size=512, buffer_size=4096, seed=0)
@@ -354,6 +371,11 @@ def test_top_contexts_are_the_largest_activations_of_plain_forwards(mini):
 def test_context_kinds_and_diversity(mini):
     assert context_kind(" Mary") == "name" and context_kind(" Paris") == "capital"
     assert context_kind(" France") == "country" and context_kind(" to") == "' to'"
+    # the story corpus's word lists (story-4l): words the templates never used get their class there only
+    assert context_kind(" Tuesday") == "' Tuesday'" and context_kind(" Tuesday", "stories") == "time"
+    assert context_kind(" Lisbon", "stories") == "capital" and context_kind(" violin", "stories") == "object"
+    with pytest.raises(SAEError, match="corpus must be"):
+        context_kind(" Mary", "wikipedia")
     neuron = context_diversity(mini.blocks[middle(mini)[1]].mlp.memories[7], top=10, n_documents=40)
     n = sum(neuron.kinds.values())
     assert 1 <= n <= 10  # the top 10 positions where it fires (a GELU neuron may fire positively on fewer)

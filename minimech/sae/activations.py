@@ -1,8 +1,9 @@
 """Activations to train and measure an SAE on: one hook's values at every real token of minimech's corpus.
 
-`ActivationStream` generates corpus documents chunk by chunk (training/corpus.py, mixed as the model's recipe mixed
-them), packs them into rows of n_ctx tokens as the model was trained, runs the model only up to the hook, and hands
-out shuffled batches from a buffer of fixed size, so memory stays bounded however many tokens a run reads.
+`ActivationStream` generates corpus documents chunk by chunk (the model's own corpus: training/stories.py for
+story-4l, training/corpus.py for the template-trained models; kinds mixed as the model's recipe mixed them), packs
+them into rows of n_ctx tokens as the model was trained, runs the model only up to the hook, and hands out shuffled
+batches from a buffer of fixed size, so memory stays bounded however many tokens a run reads.
 
 Positions holding <|endoftext|> (the BOS, the separators between packed documents, and the padding) are left out,
 as SAELens leaves out special tokens (`exclude_special_tokens=True`): the BOS's activation is the same huge outlier in
@@ -12,6 +13,7 @@ every row, and padding is not text.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import torch
 
@@ -69,11 +71,34 @@ def _recipe_mix(model):
     return ((getattr(model, "card", None) or {}).get("recipe") or {}).get("mix") or None
 
 
-def corpus_documents(model, n_documents: int, seed: int) -> list[str]:
-    """Corpus(seed=0) documents, kinds mixed as the model's recipe mixed them (the corpus default otherwise)."""
+def corpus_kind(model) -> str:
+    """Which of minimech's corpora the model was trained on: "stories" (story-4l: training/stories.py) or
+    "templates" (mini-4l, attn-only-2l, and any model without a card: training/corpus.py)."""
+    return ((getattr(model, "card", None) or {}).get("recipe") or {}).get("corpus") or "templates"
+
+
+@lru_cache(maxsize=2)
+def _corpus(kind: str):
+    # Building a corpus checks its word lists against the GPT-2 tokenizer: once per process is enough.
+    if kind == "stories":
+        from ..training.stories import StoryCorpus
+
+        return StoryCorpus(seed=0)
     from ..training.corpus import Corpus
 
-    return Corpus(seed=0).training_documents(n_documents, seed=seed, mix=_recipe_mix(model))
+    return Corpus(seed=0)
+
+
+def model_corpus(model):
+    """The corpus (seed 0, the shipped held-out split) of the model's recipe, so that an SAE reads the kind of text
+    the model was trained on: StoryCorpus for story-4l, Corpus (the templates) otherwise."""
+    return _corpus(corpus_kind(model))
+
+
+def corpus_documents(model, n_documents: int, seed: int) -> list[str]:
+    """Documents of model_corpus(model), kinds mixed as the model's recipe mixed them (the corpus default
+    otherwise)."""
+    return model_corpus(model).training_documents(n_documents, seed=seed, mix=_recipe_mix(model))
 
 
 def corpus_rows(model, n_documents: int, seed: int, skip: set | None = None) -> torch.Tensor:

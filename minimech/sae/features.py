@@ -186,15 +186,17 @@ def document_tokens(model, n_documents: int = CONTEXT_DOCUMENTS) -> tuple[torch.
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or not hasattr(tokenizer, "encode"):
         raise SAEError("finding contexts needs a model with a tokenizer (the corpus is text)")
-    mix = ((getattr(model, "card", None) or {}).get("recipe") or {}).get("mix") or {}
-    return _document_tokens(tokenizer, model.cfg.n_ctx, tuple(sorted(mix.items())), n_documents)
+    from .activations import _recipe_mix, corpus_kind
+
+    mix = _recipe_mix(model) or {}
+    return _document_tokens(tokenizer, model.cfg.n_ctx, corpus_kind(model), tuple(sorted(mix.items())), n_documents)
 
 
 @lru_cache(maxsize=4)
-def _document_tokens(tokenizer, n_ctx: int, mix: tuple, n_documents: int):
-    from ..training.corpus import Corpus
+def _document_tokens(tokenizer, n_ctx: int, kind: str, mix: tuple, n_documents: int):
+    from .activations import _corpus
 
-    documents = Corpus(seed=0).training_documents(n_documents, seed=EVAL_SEED, mix=dict(mix) or None)
+    documents = _corpus(kind).training_documents(n_documents, seed=EVAL_SEED, mix=dict(mix) or None)
     rows = [([tokenizer.bos_id] + tokenizer.encode(d))[:n_ctx] for d in documents]
     width = max(map(len, rows))
     tokens = torch.full((len(rows), width), tokenizer.eot_id, dtype=torch.long)
@@ -255,9 +257,9 @@ def _token(model, token: int) -> str:
 class ContextDiversity:
     """How many kinds of context make a unit fire, among its `top` strongest activations on held-out text.
 
-    A context's kind is the class of the token where it fires: a word class of minimech's corpus (name, country,
-    capital, language, continent, place, object, food, animal, role, relative, colour/size, time, adjective,
-    pronoun) when the token is such a word, else the token itself (' to', '.', ' gave'). distinct counts the kinds;
+    A context's kind is the class of the token where it fires: a word class of the corpus the model was trained on
+    (name, country, capital, language, continent, place, object, food, animal, role, relative, colour/size, time,
+    adjective, pronoun) when the token is such a word, else the token itself (' to', '.', ' gave'). distinct counts the kinds;
     effective is exp(entropy) of their shares: 1 for a unit that fires on one kind only, n for n kinds in equal
     shares.
     """
@@ -271,28 +273,40 @@ class ContextDiversity:
         return f"{self.name}: {self.distinct} kinds, effective {self.effective:.2f} ({shown})"
 
 
-@lru_cache(maxsize=1)
-def _word_classes() -> dict[str, str]:
-    from ..training import wordlists as W
-    from ..training.corpus import PRONOUNS
+@lru_cache(maxsize=2)
+def _word_classes(kind: str = "templates") -> dict[str, str]:
+    """token -> word class, from the word lists of the corpus the model was trained on (training/lexicon.py for the
+    story corpus, training/wordlists.py for the templates): the same classes for both."""
+    if kind == "stories":
+        from ..training import lexicon as W
+        from ..training.stories import PRONOUNS
 
+        adjectives, times = W.ADJECTIVES, W.TIMES + W.DAYS + W.MONTHS
+    else:
+        from ..training import wordlists as W
+        from ..training.corpus import PRONOUNS
+
+        adjectives, times = W.DAY_ADJECTIVES + W.PLACE_ADJECTIVES, W.TIMES
     lists = [("name", W.FEMALE_NAMES + W.MALE_NAMES), ("country", [c[0].removeprefix("the ") for c in W.COUNTRIES]),
              ("capital", [c[1] for c in W.COUNTRIES]), ("language", [c[2] for c in W.COUNTRIES]),
              ("continent", [c[3] for c in W.COUNTRIES]), ("place", W.PLACES), ("object", W.OBJECTS),
              ("food", W.FOODS), ("animal", W.ANIMALS), ("role", W.ROLES), ("relative", W.RELATIVES),
-             ("colour/size", W.COLORS), ("time", W.TIMES), ("adjective", W.DAY_ADJECTIVES + W.PLACE_ADJECTIVES),
+             ("colour/size", W.COLORS), ("time", times), ("adjective", adjectives),
              ("pronoun", [w for p in PRONOUNS.values() for w in p.values()])]
     classes: dict[str, str] = {}
-    for kind, words in lists:
+    for kind_name, words in lists:
         for word in words:
             for form in (" " + word, word, " " + word.capitalize(), word.capitalize()):
-                classes.setdefault(form, kind)
+                classes.setdefault(form, kind_name)
     return classes
 
 
-def context_kind(token: str) -> str:
-    """The kind of a context, from the token where the unit fires (see ContextDiversity)."""
-    return _word_classes().get(token, repr(token))
+def context_kind(token: str, corpus: str = "templates") -> str:
+    """The kind of a context, from the token where the unit fires (see ContextDiversity); `corpus` names the word
+    lists: "templates" (mini-4l) or "stories" (story-4l), as minimech.sae.activations.corpus_kind(model) says."""
+    if corpus not in ("templates", "stories"):
+        raise SAEError(f"corpus must be 'templates' or 'stories' (corpus_kind(model) gives a model's), got {corpus!r}")
+    return _word_classes(corpus).get(token, repr(token))
 
 
 def context_diversity(unit, model=None, top: int = 20, n_documents: int = CONTEXT_DOCUMENTS) -> ContextDiversity:
@@ -311,7 +325,9 @@ def context_diversity(unit, model=None, top: int = 20, n_documents: int = CONTEX
     if top < 1:
         raise SAEError(f"top must be at least 1, got {top}")
     tokens, acts = unit_activations(model, unit, n_documents)
-    kinds = Counter(context_kind(c.token) for c in top_contexts(model, tokens, acts, top))
+    from .activations import corpus_kind
+
+    kinds = Counter(context_kind(c.token, corpus_kind(model)) for c in top_contexts(model, tokens, acts, top))
     total = sum(kinds.values())
     entropy = -sum(n / total * math.log(n / total) for n in kinds.values()) if total else 0.0
     return ContextDiversity(name, kinds, len(kinds), math.exp(entropy))

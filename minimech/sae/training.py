@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .activations import TRAIN_SEED, ActivationStream, check_hook, hook_width
+from .activations import TRAIN_SEED, ActivationStream, check_hook, hook_width, model_corpus
 from .autoencoder import SAEConfig, SAEError, SparseAutoencoder
 
 
@@ -239,7 +239,7 @@ def train_sae(model, hook: str, settings: SAETrainSettings | None = None, tokens
     history = _fit(sae, stream, first, scale, settings, progress, tqdm)
     fold_input_scale(sae, scale)
     tokens_note = ("token rows passed to train_sae" if tokens is not None else
-                   f"Corpus(seed=0) documents in chunks of {getattr(stream, 'chunk_documents', '?')} from corpus seed "
+                   f"{type(model_corpus(model)).__name__}(seed=0) documents in chunks of {getattr(stream, 'chunk_documents', '?')} from corpus seed "
                    f"{TRAIN_SEED} + 1000 x seed + chunk, mixed as the model's recipe, packed into rows of n_ctx; "
                    "<|endoftext|> positions and the held-out eval documents left out")
     sae.cfg.training = {"settings": asdict(settings) | {"d_sae": d_sae}, "steps": settings.steps,
