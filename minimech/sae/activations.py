@@ -74,25 +74,23 @@ def _recipe_mix(model):
 def corpus_kind(model) -> str:
     """Which of minimech's corpora the model was trained on: "stories" (story-4l: training/stories.py) or
     "templates" (mini-4l, attn-only-2l, and any model without a card: training/corpus.py)."""
-    return ((getattr(model, "card", None) or {}).get("recipe") or {}).get("corpus") or "templates"
+    return "stories" if ((getattr(model, "card", None) or {}).get("corpus") or {}).get("kind") == "stories" \
+        else "templates"
 
 
-@lru_cache(maxsize=2)
-def _corpus(kind: str):
+@lru_cache(maxsize=4)
+def _corpus(kind: str, seed: int = 0):
     # Building a corpus checks its word lists against the GPT-2 tokenizer: once per process is enough.
-    if kind == "stories":
-        from ..training.stories import StoryCorpus
+    from ..training.corpora import corpus_for
 
-        return StoryCorpus(seed=0)
-    from ..training.corpus import Corpus
-
-    return Corpus(seed=0)
+    return corpus_for(card={"corpus": {"kind": kind, "seed": seed}})
 
 
 def model_corpus(model):
-    """The corpus (seed 0, the shipped held-out split) of the model's recipe, so that an SAE reads the kind of text
+    """The corpus of the model's card (training.corpora.corpus_for, cached), so that an SAE reads the kind of text
     the model was trained on: StoryCorpus for story-4l, Corpus (the templates) otherwise."""
-    return _corpus(corpus_kind(model))
+    seed = ((getattr(model, "card", None) or {}).get("corpus") or {}).get("seed", 0)
+    return _corpus(corpus_kind(model), seed)
 
 
 def corpus_documents(model, n_documents: int, seed: int) -> list[str]:

@@ -186,17 +186,15 @@ def document_tokens(model, n_documents: int = CONTEXT_DOCUMENTS) -> tuple[torch.
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or not hasattr(tokenizer, "encode"):
         raise SAEError("finding contexts needs a model with a tokenizer (the corpus is text)")
-    from .activations import _recipe_mix, corpus_kind
+    from .activations import _recipe_mix, model_corpus
 
     mix = _recipe_mix(model) or {}
-    return _document_tokens(tokenizer, model.cfg.n_ctx, corpus_kind(model), tuple(sorted(mix.items())), n_documents)
+    return _document_tokens(tokenizer, model.cfg.n_ctx, model_corpus(model), tuple(sorted(mix.items())), n_documents)
 
 
 @lru_cache(maxsize=4)
-def _document_tokens(tokenizer, n_ctx: int, kind: str, mix: tuple, n_documents: int):
-    from .activations import _corpus
-
-    documents = _corpus(kind).training_documents(n_documents, seed=EVAL_SEED, mix=dict(mix) or None)
+def _document_tokens(tokenizer, n_ctx: int, corpus, mix: tuple, n_documents: int):
+    documents = corpus.training_documents(n_documents, seed=EVAL_SEED, mix=dict(mix) or None)
     rows = [([tokenizer.bos_id] + tokenizer.encode(d))[:n_ctx] for d in documents]
     width = max(map(len, rows))
     tokens = torch.full((len(rows), width), tokenizer.eot_id, dtype=torch.long)
