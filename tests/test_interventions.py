@@ -16,6 +16,7 @@ from minimech.analysis.interventions import (InterventionError, ablation_damage,
                                              shipped_behaviours, steer, steering_vector)
 from minimech.analysis.ioi import card_heads
 from minimech.analysis.memories import memory_logits, search_corpus, top_activating
+from minimech.training.corpora import corpus_for
 from minimech.training.corpus import Corpus
 
 ATTN_ONLY = GPTConfig(n_layers=2, n_heads=3, d_head=5, d_model=11, n_ctx=19, d_vocab=17, attn_only=True)
@@ -33,6 +34,14 @@ def one_thread():
 @pytest.fixture(scope="module")
 def mini():
     return minimech.load()
+
+
+@pytest.fixture(scope="module")
+def mini_4l():
+    """ROME's tests run on mini-4l: its causal trace has the single-MLP site ROME edits (MLP0 at the subject's last
+    token); the default, story-4l, has none (its card: at most 0.004 restored by any MLP there), and its ROME edits'
+    figures are checked against issue 12's thresholds in test_shipped.py."""
+    return minimech.load("mini-4l")
 
 
 def no_hooks_left(model) -> bool:
@@ -255,8 +264,9 @@ def test_steering_vector_is_a_difference_of_means(mini):
 
 
 def test_a_steering_vector_moves_a_fact_on_the_shipped_model(mini):
-    # Spain-minus-France from the training paraphrases, added on the held-out ones: Paris gives way to Madrid
-    facts = {split: Corpus(seed=0).fact_eval(split) for split in ("train", "heldout")}
+    # Spain-minus-France from the training phrasings, added on the held-out ones (the model's own corpus; story-4l:
+    # the word-order class never used for France's capital): Paris gives way to Madrid
+    facts = {split: corpus_for(mini).fact_eval(split) for split in ("train", "heldout")}
     prompts = lambda split, s: [f.prompt for f in facts[split] if f.subject == s and f.relation == "capital"]
     hook = "blocks.3.hook_resid_mid"  # the fact reaches the last position only through layer 3's attention
     vector = steering_vector(mini, prompts("train", "Spain"), prompts("train", "France"), hook=hook)
@@ -267,7 +277,9 @@ def test_a_steering_vector_moves_a_fact_on_the_shipped_model(mini):
             with steer(mini, hook, vector, coeff=coeff, positions=-1):
                 logits = mini(prompt)[0, -1]
             diffs.append((logits[madrid] - logits[paris]).item())
-        assert diffs[0] < -5 and diffs[0] < diffs[1] < diffs[2]  # measured: -9.4 / -10.3 -> 1.6 / -1.7 -> 11.3 / 6.8
+        # measured on story-4l: -8.1 / -8.3 -> -0.7 / -0.9 -> 7.1 / 7.0 (mini-4l: -9.4 / -10.3 -> 11.3 / 6.8); at
+        # blocks.3.hook_resid_pre and earlier the same vector moves nothing (-8.0): the card's steering sweep
+        assert diffs[0] < -5 and diffs[0] < diffs[1] < diffs[2]
         assert diffs[2] > 5 and logits.argmax().item() == madrid
     assert no_hooks_left(mini)
 
@@ -323,15 +335,15 @@ def test_fewer_facts_are_spread_over_every_relation_and_scored_the_same(mini):
     """n_facts (for GPT-2-sized models) keeps that many held-out facts, as many of each relation, over many
     subjects; its metric is the same mean log P(answer) as one computed prompt by prompt on those facts."""
     from minimech.analysis.interventions import spread_facts
-    from minimech.training.corpus import Corpus
 
-    every = Corpus(seed=0).fact_eval("heldout")
+    every = corpus_for(mini).fact_eval("heldout")  # story-4l: 446 phrasings (mini-4l: 360)
     full, some = shipped_behaviours(mini)["facts"], shipped_behaviours(mini, n_facts=60)["facts"]
     kept = spread_facts(every, 60)
-    assert len(full[0]) == len(every) == 360 and len(some[0]) == len(kept) == 60
+    assert len(full[0]) == len(every) > 300 and len(some[0]) == len(kept) == 60
     relations = [f.relation for f in kept]
-    assert all(relations.count(r) == 20 for r in {f.relation for f in every})  # capital, language, continent
-    assert len({f.subject for f in kept}) >= 20 and spread_facts(every, 400) == every
+    kinds = {f.relation for f in every}
+    assert len(kinds) >= 3 and all(relations.count(r) == 60 // len(kinds) for r in kinds)
+    assert len({f.subject for f in kept}) >= 20 and spread_facts(every, len(every)) == every
     with torch.no_grad():
         logits = mini(some[0])  # [60, pos, d_vocab]
         by_hand = torch.stack([mini(mini.to_tokens(f.prompt))[0, -1].log_softmax(-1)[
@@ -353,12 +365,13 @@ def test_rank_one_update_algebra():
 
 
 @pytest.fixture(scope="module")
-def france_to_rome(mini):
-    before = snapshot(mini)
-    return rome_edit(mini, "France's capital is", "France", " Rome"), before
+def france_to_rome(mini_4l):
+    before = snapshot(mini_4l)
+    return rome_edit(mini_4l, "France's capital is", "France", " Rome"), before
 
 
-def test_rome_edit_makes_the_new_target_top_1(mini, france_to_rome):
+def test_rome_edit_makes_the_new_target_top_1(mini_4l, france_to_rome):
+    mini = mini_4l
     result, _ = france_to_rome
     edited, rome, paris = result.model, mini.to_single_token(" Rome"), mini.to_single_token(" Paris")
     assert edited(result.prompt)[0, -1].argmax().item() == rome
@@ -371,7 +384,8 @@ def test_rome_edit_makes_the_new_target_top_1(mini, france_to_rome):
     assert "other facts" in repr(result)
 
 
-def test_rome_edit_is_a_rank_one_change_to_a_copy(mini, france_to_rome):
+def test_rome_edit_is_a_rank_one_change_to_a_copy(mini_4l, france_to_rome):
+    mini = mini_4l
     result, before = france_to_rome
     assert_unchanged(mini, before)  # the original's parameters never change
     changed = [k for k, v in result.model.state_dict().items() if not torch.equal(v, before[k])]

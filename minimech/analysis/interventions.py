@@ -186,9 +186,9 @@ def spread_facts(facts: list, n: int) -> list:
 def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | None = None) -> dict:
     """{name: (tokens, metric)} for a shipped model, all on held-out data: "ioi" (IO - S logit difference, training
     names, held-out frames, the most common token length), "facts" (mean log P(answer) on held-out paraphrases: all
-    360, or n_facts of them: spread_facts, e.g. for a GPT-2-sized model whose logits on all 360
-    take 0.9 GB), "induction" (minus the loss on the repeated half of repeated random tokens), "text" (minus the
-    loss on corpus documents generated with a seed training never used)."""
+    of the model's corpus's (mini-4l 360, story-4l 446), or n_facts of them: spread_facts, e.g. for a GPT-2-sized
+    model whose logits on all 360 take 0.9 GB), "induction" (minus the loss on the repeated half of repeated random
+    tokens), "text" (minus the loss on corpus documents generated with a seed training never used)."""
     from ..training.corpora import corpus_for
     from .heads import repeated_random_tokens
     from .metrics import logit_diff
