@@ -218,7 +218,7 @@ def test_lesson_03_labels_a_repeated_name_by_position_and_role():
 def test_readme_states_the_ioi_figures_the_tour_prints():
     """The README said 10.8, 5.4 and 98 % where the tour printed 10.51, 5.32 and 99 %. Recompute the tour's IOI lines
     (minimech/tour.py's data and metric) and find them, as printed, in the README's tour paragraph."""
-    from minimech.training.corpus import Corpus
+    from minimech.training.corpora import corpus_for
     from minimech.training.evaluate import ioi_metrics
 
     readme = (LESSONS.parent / "README.md").read_text()
@@ -229,7 +229,7 @@ def test_readme_states_the_ioi_figures_the_tour_prints():
 
     assert named.group(1) == (weights_dir() / "DEFAULT").read_text().strip(), "the tour runs on weights/DEFAULT"
     model = minimech.load()
-    corpus = Corpus(seed=model.card.get("corpus", {}).get("seed", 0))
+    corpus = corpus_for(model)  # as the tour: the model's own corpus
     for names in ("train", "heldout"):
         m = ioi_metrics(model, corpus.ioi_eval(100, seed=1, names=names, frames="heldout"))
         diff, accuracy = f"{m['ioi_logit_diff']:.2f}", f"{m['ioi_accuracy']:.0%}".replace("%", " %")
