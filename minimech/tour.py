@@ -120,6 +120,17 @@ def run_tour(out_dir: str | Path = "minimech-out", progress: bool = False) -> To
                 f"recovers the most: {trace.scores['mlp'][layer, pos]:.2f}"
                 + (" - the subject's last token, as ROME found in GPT-2" if pos == max(trace.subject_positions)
                    else "")]
+    subject_last = max(trace.subject_positions)
+    if pos != subject_last:  # GPT-2's site is the subject's last token: say what this model does there
+        at_subject = trace.scores["mlp"][:, subject_last]  # [n_layers]
+        s.lines.append(f"at the subject's last token {trace.str_tokens[subject_last]!r} the best MLP (layer "
+                       f"{int(at_subject.argmax())}) recovers {at_subject.max():.2f}")
+        probes = (model.card.get("probes") or {}).get("fact_tracing")
+        if probes:  # the card's average over many facts, beside the identity-restoration baseline
+            s.lines.append(f"over {probes['facts_traced']} facts ({name}'s card): at most "
+                           f"{max(probes['subject_last']):.3f} at the subject's last token, against "
+                           f"{max(probes['control_relation_word']):.2f} for the identity-restoration control (a "
+                           "non-subject token noised and its own MLP restored): no single-MLP site like GPT-2's")
     tour.files.append(plot.trace(trace, trace.str_tokens, out / f"{name}-causal-trace.png",
                                  subject_positions=trace.subject_positions, title=f"{name}: {prompt}{answer}"))
     tour.bar.update(tour.bar.total - tour.bar.n)
