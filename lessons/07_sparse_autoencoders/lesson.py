@@ -41,12 +41,13 @@ import torch
 import minimech
 from minimech.notebook import show
 from minimech.sae import SAEConfig, SparseAutoencoder, collect_activations, corpus_rows, evaluate_sae
+from minimech.sae.activations import corpus_kind
 from minimech.sae.features import context_diversity, context_kind, document_tokens, top_contexts
 from minimech.sae.interventions import splice
 from minimech.sae.shipped import default_hook, sae_for
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 # Training steps of your small SAE, and held-out documents read for features. MINIMECH_QUICK=1 (the test suite's
 # smoke run) takes 40 steps and fewer documents: the script runs top to bottom, but the SAE is then too young for the
@@ -382,7 +383,9 @@ def all_feature_activations(model, sae, n_documents: int = READ_DOCS):
 def kinds(tokens: torch.Tensor, acts: torch.Tensor, top: int = 20) -> Counter:
     """The kinds of context (minimech.sae.features.context_kind) at one unit's `top` highest positive activations."""
     values, flat = acts.flatten().topk(top)
-    return Counter(context_kind(model.tokenizer.id_to_str(int(t))) for t in tokens.flatten()[flat[values > 0]])
+    corpus = corpus_kind(model)  # the word lists of the corpus the model was trained on
+    return Counter(context_kind(model.tokenizer.id_to_str(int(t)), corpus)
+                   for t in tokens.flatten()[flat[values > 0]])
 
 
 def effective(counter: Counter) -> float:

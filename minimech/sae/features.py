@@ -257,9 +257,9 @@ class ContextDiversity:
 
     A context's kind is the class of the token where it fires: a word class of the corpus the model was trained on
     (name, country, capital, language, continent, place, object, food, animal, role, relative, colour/size, time,
-    adjective, pronoun) when the token is such a word, else the token itself (' to', '.', ' gave'). distinct counts the kinds;
-    effective is exp(entropy) of their shares: 1 for a unit that fires on one kind only, n for n kinds in equal
-    shares.
+    adjective, pronoun) when the token is such a word, else the token itself (' to', '.', ' gave'). distinct counts
+    the kinds; effective is exp(entropy) of their shares: 1 for a unit that fires on one kind only, n for n kinds in
+    equal shares.
     """
     name: str
     kinds: Counter

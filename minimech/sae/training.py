@@ -239,7 +239,8 @@ def train_sae(model, hook: str, settings: SAETrainSettings | None = None, tokens
     history = _fit(sae, stream, first, scale, settings, progress, tqdm)
     fold_input_scale(sae, scale)
     tokens_note = ("token rows passed to train_sae" if tokens is not None else
-                   f"{type(model_corpus(model)).__name__}(seed=0) documents in chunks of {getattr(stream, 'chunk_documents', '?')} from corpus seed "
+                   f"{type(model_corpus(model)).__name__}(seed=0) documents in chunks of "
+                   f"{getattr(stream, 'chunk_documents', '?')} from corpus seed "
                    f"{TRAIN_SEED} + 1000 x seed + chunk, mixed as the model's recipe, packed into rows of n_ctx; "
                    "<|endoftext|> positions and the held-out eval documents left out")
     sae.cfg.training = {"settings": asdict(settings) | {"d_sae": d_sae}, "steps": settings.steps,
