@@ -49,11 +49,11 @@ from minimech.sae.shipped import default_hook, sae_for
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
-# Training steps of your small SAE, and held-out documents read for features. MINIMECH_QUICK=1 (the test suite's
-# smoke run) takes 40 steps and fewer documents: the script runs top to bottom, but the SAE is then too young for the
-# figures the lesson discusses.
+# Training steps of your small SAE, held-out documents read for features and for the SAEs' metrics, and documents
+# ablated in section 6. MINIMECH_QUICK=1 (the test suite's smoke run) takes 40 steps and fewer documents: the script
+# runs top to bottom, but the SAE is then too young for the figures the lesson discusses.
 QUICK = bool(os.environ.get("MINIMECH_QUICK"))
-STEPS, TRAIN_DOCS, READ_DOCS = (40, 300, 100) if QUICK else (200, 1000, 300)
+STEPS, TRAIN_DOCS, READ_DOCS, EVAL_DOCS, ABLATE_DOCS = (40, 300, 100, 30, 40) if QUICK else (200, 1000, 300, 100, 120)
 
 
 def parse_args():
@@ -322,7 +322,7 @@ if MAIN:
         shipped = sae_for(model, HOOK)
     except minimech.MinimechError as e:
         print(f"\nno SAE shipped for this model ({e}); the rest of the lesson uses yours")
-    eval_rows = corpus_rows(model, 100, seed=3)
+    eval_rows = corpus_rows(model, EVAL_DOCS, seed=3)
     for name, sae in (("yours", as_sae(mine, HOOK) if mine is not None else None), ("shipped", shipped)):
         if sae is not None:
             print(f"   {name:8} {sae.cfg.d_sae:5} features: {evaluate_sae(model, sae, eval_rows)}")
@@ -519,7 +519,7 @@ def removal_estimates(model, sae, tokens: torch.Tensor, real: torch.Tensor) -> t
 
 
 if MAIN and sae is not None:
-    rows = slice(0, 120)
+    rows = slice(0, ABLATE_DOCS)
     estimate = removal_estimates(model, sae, doc_tokens[rows], doc_real[rows])  # [<=120, pos, d_sae]
     fires = doc_f[rows] > 0
     score = estimate.sum((0, 1)) / fires.sum((0, 1)).clamp_min(1)  # mean over firing positions
@@ -542,7 +542,7 @@ prediction_4 = None  # your guess: e.g. "1.5 nats where it fires, 0.1 elsewhere"
 # %%
 if MAIN and sae is not None:
     with demo("07.8 ablating the feature"):
-        rows = doc_tokens[:120]
+        rows = doc_tokens[:ABLATE_DOCS]
         with torch.no_grad():
             clean = model(rows).log_softmax(-1)  # [120, pos, d_vocab]
         ablated = ablate_feature(model, rows, HOOK, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(),
