@@ -21,6 +21,7 @@ left out, and the spliced run keeps the original activation there. Measured on h
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -72,6 +73,13 @@ def replace_hook(sae: SparseAutoencoder, keep: torch.Tensor | None = None, zero:
     return hook
 
 
+def _shared_prefix_layer(hook: str) -> int | None:
+    """The block a hook sits in (blocks.L.*: L), whose residual stream before it is the same in every run that edits
+    the hook; None for hooks outside the blocks (embeddings, final LayerNorm), where runs share nothing."""
+    match = re.match(r"blocks\.(\d+)\.", hook)
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
+
+
 @torch.no_grad()
 def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = None, batch_size: int = 32,
                  exclude_special: bool = True, progress: bool = False) -> SAEMetrics:
@@ -90,7 +98,11 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
     for rows in tqdm(tokens.split(batch_size), desc=f"evaluating the SAE on {sae.hook}", disable=not progress):
         special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
         keep = ~special  # [batch, pos]
-        logits, cache = model.run_with_cache(rows, names=[hook])
+        # The three forwards (clean, spliced, zeroed) agree up to the hook's block: run that part once
+        start = _shared_prefix_layer(hook)
+        prefix = {} if start is None else {"start_at_layer": start}
+        inputs = rows if start is None else model(rows, stop_at_layer=start)  # [batch, pos] or [batch, pos, d_model]
+        logits, cache = model.run_with_cache(inputs, names=[hook], **prefix)
         x = per_token(cache[hook])[keep]  # [n, d_in]
         if x.shape[-1] != sae.cfg.d_in:
             raise SAEError(f"{hook} has width {x.shape[-1]} here but the SAE reads d_in={sae.cfg.d_in}")
@@ -104,9 +116,9 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
         sums["n"] += len(x)
         fired += (f != 0).sum(0).double().cpu()
         with model.hooks([(hook, replace_hook(sae, keep=special))]):
-            spliced = model(rows)
+            spliced = model(inputs, **prefix)
         with model.hooks([(hook, replace_hook(sae, zero=True))]):
-            ablated = model(rows)
+            ablated = model(inputs, **prefix)
         counted = keep[:, :-1]  # the prediction made at a special position is left out
         for i, out in enumerate((logits, spliced, ablated)):
             sums["ce"][i] += model.loss(out, rows, per_token=True)[counted].double().sum().cpu()
