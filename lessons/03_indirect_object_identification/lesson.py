@@ -42,7 +42,7 @@ from minimech import plot
 from minimech.analysis import (card_heads, circuit_faithfulness, detector_scores, direct_logit_attribution,
                                ioi_dataset, logit_diff as toolkit_logit_diff, patch_heads, patch_resid, path_patch)
 from minimech.notebook import show, tqdm
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "story-4l"
@@ -290,7 +290,7 @@ if MAIN:
     # One frame and one order (ABBA), so that every prompt has IO, S1, S2 and END at the same positions and the
     # sweep's columns line up. The names are the model's own (its corpus's training names, when it has a corpus).
     frame = "When {A} and {B} went to the {place}, {S} gave a {object} to"
-    names = Corpus(seed=0).names_train if model.card.get("corpus") else None  # the names the model was trained on
+    names = corpus_for(model).names_train if model.card.get("corpus") else None  # the names the model was trained on
     one = ioi_dataset(model, n=4 if LARGE else 8, templates=[frame], kinds=("ABBA",), names=names)
     one_abc = one.abc()
     roles = {int(one.io_pos[0]): "IO", int(one.s1_pos[0]): "S1", int(one.s2_pos[0]): "S2", int(one.end_pos[0]): "END"}
