@@ -29,7 +29,7 @@ from minimech.grading.lessons import read_lesson
 from minimech.grading.report import ExerciseResult, blame_upstream
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
-SHIPPED = ("mini-4l", "attn-only-2l")
+SHIPPED = ("story-4l", "mini-4l", "attn-only-2l")
 
 
 def _solutions(name: str):
