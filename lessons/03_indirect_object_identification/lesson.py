@@ -48,6 +48,19 @@ MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 GPT2_CIRCUIT = [(9, 9), (9, 6), (10, 0), (7, 3), (7, 9), (8, 6), (8, 10), (5, 5), (6, 9), (0, 1), (3, 0)]
+# Sentences written by hand, in shapes the shipped models' corpus generator never produces, and names that a shipped
+# model's corpus never puts in an IOI event: a test of whether the circuit below holds outside its training frames.
+# ({A} is named first, {B} second, {S} is the repeated name; each frame is its own dataset, one token length.)
+HAND_FRAMES = [
+    "Last night {A} and {B} cooked dinner in the kitchen. After they finished, {S} gave a cup to",
+    "During the party, {A} danced with {B}. Then {S} gave a gift to",
+    "It was raining, so {A} and {B} stayed at the library. {S} read a story to",
+    "This morning {A} and {B} found a small dog in the park. {S} showed the dog to",
+    "After the game, {A} talked to {B} for a long time, and {S} gave the ball to",
+    "Last Friday {A} and {B} went shopping together. In the store, {S} bought a hat for",
+]
+HAND_NAMES = ["Aaron", "Amy", "Angela", "Betty", "Bob", "Chloe", "Cindy", "Craig", "David", "Eric", "Ethan", "Jack",
+              "Karen", "Rachel", "Samuel", "Wendy"]
 
 
 def parse_args():
@@ -145,7 +158,9 @@ def logit_diff(logits: torch.Tensor, io_tokens: torch.Tensor, s_tokens: torch.Te
 
 # %% [markdown]
 # Before measuring: GPT-2 small's mean logit difference on the paper's prompts is 3.55 (odds of about 35 to 1 for
-# the IO). What will this small model's be, and on what share of prompts will it prefer the IO?
+# the IO). What will this small model's be, and on what share of prompts will it prefer the IO? (The cell also
+# measures it on sentences written by hand, `HAND_FRAMES`, with names the model never saw in such a sentence:
+# higher or lower?)
 
 # %%
 prediction_1 = None  # your guess: the mean logit difference and the share of prompts right, e.g. (3.0, 0.9)
@@ -160,10 +175,19 @@ if MAIN:
         print(f"   clean: mean {clean_diffs.mean():.3f}, IO preferred in {(clean_diffs > 0).float().mean():.0%} "
               f"(toolkit: {ds.metric_values(model).mean():.3f}, accuracy {ds.accuracy(model):.0%})")
         print(f"   p_ABC, scored with the clean names: {abc_diffs.mean():.3f}")
+        if model.card.get("corpus"):  # a shipped model: the same measurement outside its corpus's frames and names
+            hand = [ioi_dataset(model, n=16, templates=[frame], names=HAND_NAMES) for frame in HAND_FRAMES]
+            hand_diffs = torch.cat([logit_diff(model(h.tokens), h.io_tokens, h.s_tokens, h.end_pos) for h in hand])
+            print(f"   {len(HAND_FRAMES)} hand-written frames, {len(hand_diffs)} prompts, held-out names: mean "
+                  f"{hand_diffs.mean():.3f}, IO preferred in {(hand_diffs > 0).float().mean():.0%}")
 
 # %% [markdown]
 # Compare with your guess. A logit difference of d means odds of e^d for IO over S. On the p_ABC prompts the clean
 # names are gone, and the difference should fall to about zero: that gap is what the patching below moves around.
+# The hand-written sentences are the harder test: a gap between them and the corpus's held-out frames is the part
+# of the behaviour that belongs to the generator's sentence shapes. The rest of the lesson dissects the model on the
+# corpus frames (where the behaviour is strongest, so every effect is large enough to see); 03.7 returns to the
+# hand-written ones.
 #
 # ## Exercise 03.2: Direct logit attribution, head by head
 #
@@ -464,6 +488,13 @@ if MAIN:
             with_repeat, without = control[head].tolist()
             print(f"   {label(head)}: END->S2 {with_repeat:.2f} with the repeated name, {without:.2f} without "
                   f"({without - with_repeat:+.2f})")
+        if model.card.get("corpus"):  # the same control on the hand-written frames of 03.1
+            on_hand = torch.stack([s2_attention_control(model, h.tokens, h.s2_pos, h.end_pos,
+                                                        h.abc().tokens[torch.arange(len(h)), h.s2_pos])
+                                   for h in hand]).mean(0)  # [n_layers, n_heads, 2], mean over the frames
+            print("   on the hand-written frames: " + "; ".join(
+                f"{label(divmod(i, model.cfg.n_heads))} {on_hand[divmod(i, model.cfg.n_heads)][0]:.2f} -> "
+                f"{on_hand[divmod(i, model.cfg.n_heads)][1]:.2f}" for i in candidates.tolist()))
 
 # %% [markdown]
 # A head whose attention to S2 drops when the repeat goes away responds to the *duplicated name*, the paper's
