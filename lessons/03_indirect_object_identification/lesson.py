@@ -347,8 +347,10 @@ if MAIN:
 # %% [markdown]
 # Read the figure from top to bottom. Where the clean stream at one position restores the answer, the information
 # that tells the clean prompt from p_ABC sits there. In the first layers you expect it at the names (a repeated
-# name is the only cue); by the last block it has to be at END, where the answer is read. Some heads carried it
-# from one to the other: which ones, and from where, is what the next exercises find out. (Columns give the
+# name is the only cue); after the last block it has to be at END, where the answer is read. Some heads carry it
+# from one to the other, and the row where it first shows at END tells you in which block they sit (the sweep stops
+# before the last block: if it is still at the names there, the last block's heads read it from the names
+# themselves). Which heads, and from where, is what the next exercises find out. (Columns give the
 # position, then its role: in an ABBA prompt S1 is the second name, and S2 repeats it.)
 #
 # ## Exercise 03.5: Path patching to the logits

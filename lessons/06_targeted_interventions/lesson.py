@@ -233,9 +233,10 @@ if MAIN:
 # Read the table row by row against your guess. Each behaviour's metric is in its own units (a logit difference,
 # a mean log-probability, minus a loss), so compare each change with the control row, not with the other columns.
 # If the IOI heads' row damages facts, induction or text as much as IOI, the heads are not an IOI module: small
-# models reuse their heads. The head the card ranks first is often also the strongest induction head (lesson 02)
-# and a head that carries a fact's subject to the last token (lesson 04); leaving out the layer-0 heads, which move
-# "which word came where" for every task, shows how much of the collateral damage is theirs.
+# models reuse their heads. The heads ranked first for IOI may do work that every task needs: a head that attends
+# to each token itself and carries its identity, a previous-token head, an induction head (look them up in lesson
+# 03's role table and lesson 02's detectors). Leaving out the layer-0 heads, which move "which word came where" for
+# every task, shows how much of the collateral damage is theirs.
 #
 # A circuit found by asking "what matters for IOI?" answers that question, not "what matters *only* for IOI?". To
 # remove a behaviour you want the components that are necessary for it and unnecessary for everything else, and
