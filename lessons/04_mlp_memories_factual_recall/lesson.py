@@ -418,13 +418,14 @@ if MAIN:
             print(f"   MLP {layer}: fact, at the subject's last token {at_subject[layer]:+.2f}; control, at the noised "
                   f"name {at_name[layer]:+.2f}; fact, at the last token {fact_frac[layer, -1]:+.2f}")
         # The same comparison for each layer's attention output: a token's identity can come back through a head
-        # that attends to its own position as well as through an MLP.
-        attn_fact = recovered_fraction_grid(model, tokens, subject, answer, noise, "attn")  # [n_layers, pos]
-        attn_control = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "attn")
-        for layer in range(model.cfg.n_layers):
-            print(f"   attention {layer}: fact, at the subject's last token {attn_fact[layer, subject[-1]]:+.2f}; "
-                  f"control, at the noised name {attn_control[layer, io_pos[0]]:+.2f}; fact, at the last token "
-                  f"{attn_fact[layer, -1]:+.2f}")
+        # that attends to its own position as well as through an MLP. (GPT-2: left out, two more traces.)
+        if not LARGE:
+            attn_fact = recovered_fraction_grid(model, tokens, subject, answer, noise, "attn")  # [n_layers, pos]
+            attn_control = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "attn")
+            for layer in range(model.cfg.n_layers):
+                print(f"   attention {layer}: fact, at the subject's last token {attn_fact[layer, subject[-1]]:+.2f}; "
+                      f"control, at the noised name {attn_control[layer, io_pos[0]]:+.2f}; fact, at the last token "
+                      f"{attn_fact[layer, -1]:+.2f}")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
         for ax, grid, labels, marked, title in [
                 (axes[0], fact_frac, str_tokens, subject, f"fact: {fact.prompt!r}"),
