@@ -221,7 +221,7 @@ def head_logit_attribution(model, cache, io_tokens: torch.Tensor, s_tokens: torc
 # lists (`circuit_heads(model)`)? In which layer?
 
 # %%
-prediction_2 = None  # your guess: the head with the largest direct effect, e.g. "L3H1"
+prediction_2 = None  # your guess: the head with the largest direct effect, e.g. "L1H0"
 
 # %%
 if MAIN:
