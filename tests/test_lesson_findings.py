@@ -29,7 +29,7 @@ from minimech.grading.lessons import read_lesson
 from minimech.grading.report import ExerciseResult, blame_upstream
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
-SHIPPED = ("mini-4l", "attn-only-2l")
+SHIPPED = ("story-4l", "mini-4l", "attn-only-2l")
 
 
 def _solutions(name: str):
@@ -243,7 +243,8 @@ def test_lesson_06_readme_states_the_shares_of_the_change_each_key_receives():
     k2ᵀC⁻¹k / kᵀC⁻¹k, an identity checked here with two random changes."""
     from minimech.analysis import fact_layer, find_subject_positions, key_covariance, rank_one_update
 
-    model = minimech.load("mini-4l")
+    folder = LESSONS / "06_targeted_interventions"
+    model = minimech.load(read_lesson(folder).settings["default_model"])  # the model the README's figures are for
     prompt, subject = "France's capital is", "France"  # lesson 06's PROMPT and SUBJECT
     layer = fact_layer(model, prompt, subject)
     tokens = model.to_tokens(prompt)
@@ -270,6 +271,6 @@ def test_lesson_06_readme_states_the_shares_of_the_change_each_key_receives():
     from_text = ", ".join(f"{100 * shares['text'][p]:+.1f} %" for p in others[:-1])
     from_text += f" and {100 * shares['text'][others[-1]]:+.1f} %, and the BOS {100 * shares['text'][0]:.0f} %"
     identity = shares["identity"][[0] + others]
-    identity_range = f"{100 * identity.min():.0f}-{100 * identity.max():.0f} %"
+    identity_range = f"{100 * identity.min():+.0f} % to {100 * identity.max():+.0f} %"
     assert f"the prompt's other keys get {identity_range} of it" in readme, identity_range
     assert f"get {from_text}." in readme, from_text

@@ -33,7 +33,7 @@ from minimech.published import identify_gpt2  # not minimech.loading: this lesso
 from minimech.notebook import show
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

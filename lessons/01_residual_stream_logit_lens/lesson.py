@@ -38,10 +38,10 @@ import torch
 import minimech
 from minimech import plot
 from minimech.notebook import show
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 IOI = [  # (prompt, indirect object, subject), all of one token length
     ("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
@@ -288,7 +288,7 @@ prediction_3 = None  # your guess: the mean KL (nats) at each point, e.g. [8, 4,
 # %%
 if MAIN:
     # ordinary text: the first 16 tokens of three documents of the model's corpus, drawn with a seed training never used
-    text = [row[:16] for row in (model.to_tokens(d)[0] for d in Corpus(seed=0).training_documents(3, seed=77_777))]
+    text = [row[:16] for row in (model.to_tokens(d)[0] for d in corpus_for(model).training_documents(3, seed=77_777))]
     with demo("01.5 the lens's distance from the final distribution"):
         kl = torch.cat([lens_kl(logit_lens(model, row[None], p)) for row in text for p in range(1, len(row))],
                        dim=1)  # [n_points, n_positions]

@@ -42,12 +42,25 @@ from minimech import plot
 from minimech.analysis import (card_heads, circuit_faithfulness, detector_scores, direct_logit_attribution,
                                ioi_dataset, logit_diff as toolkit_logit_diff, patch_heads, patch_resid, path_patch)
 from minimech.notebook import show, tqdm
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 GPT2_CIRCUIT = [(9, 9), (9, 6), (10, 0), (7, 3), (7, 9), (8, 6), (8, 10), (5, 5), (6, 9), (0, 1), (3, 0)]
+# Sentences written by hand, in shapes the shipped models' corpus generator never produces, and names that a shipped
+# model's corpus never puts in an IOI event: a test of whether the circuit below holds outside its training frames.
+# ({A} is named first, {B} second, {S} is the repeated name; each frame is its own dataset, one token length.)
+HAND_FRAMES = [
+    "Last night {A} and {B} cooked dinner in the kitchen. After they finished, {S} gave a cup to",
+    "During the party, {A} danced with {B}. Then {S} gave a gift to",
+    "It was raining, so {A} and {B} stayed at the library. {S} read a story to",
+    "This morning {A} and {B} found a small dog in the park. {S} showed the dog to",
+    "After the game, {A} talked to {B} for a long time, and {S} gave the ball to",
+    "Last Friday {A} and {B} went shopping together. In the store, {S} bought a hat for",
+]
+HAND_NAMES = ["Aaron", "Amy", "Angela", "Betty", "Bob", "Chloe", "Cindy", "Craig", "David", "Eric", "Ethan", "Jack",
+              "Karen", "Rachel", "Samuel", "Wendy"]
 
 
 def parse_args():
@@ -145,7 +158,9 @@ def logit_diff(logits: torch.Tensor, io_tokens: torch.Tensor, s_tokens: torch.Te
 
 # %% [markdown]
 # Before measuring: GPT-2 small's mean logit difference on the paper's prompts is 3.55 (odds of about 35 to 1 for
-# the IO). What will this small model's be, and on what share of prompts will it prefer the IO?
+# the IO). What will this small model's be, and on what share of prompts will it prefer the IO? (The cell also
+# measures it on sentences written by hand, `HAND_FRAMES`, with names the model never saw in such a sentence:
+# higher or lower?)
 
 # %%
 prediction_1 = None  # your guess: the mean logit difference and the share of prompts right, e.g. (3.0, 0.9)
@@ -160,10 +175,19 @@ if MAIN:
         print(f"   clean: mean {clean_diffs.mean():.3f}, IO preferred in {(clean_diffs > 0).float().mean():.0%} "
               f"(toolkit: {ds.metric_values(model).mean():.3f}, accuracy {ds.accuracy(model):.0%})")
         print(f"   p_ABC, scored with the clean names: {abc_diffs.mean():.3f}")
+        if model.card.get("corpus"):  # a shipped model: the same measurement outside its corpus's frames and names
+            hand = [ioi_dataset(model, n=16, templates=[frame], names=HAND_NAMES) for frame in HAND_FRAMES]
+            hand_diffs = torch.cat([logit_diff(model(h.tokens), h.io_tokens, h.s_tokens, h.end_pos) for h in hand])
+            print(f"   {len(HAND_FRAMES)} hand-written frames, {len(hand_diffs)} prompts, held-out names: mean "
+                  f"{hand_diffs.mean():.3f}, IO preferred in {(hand_diffs > 0).float().mean():.0%}")
 
 # %% [markdown]
 # Compare with your guess. A logit difference of d means odds of e^d for IO over S. On the p_ABC prompts the clean
 # names are gone, and the difference should fall to about zero: that gap is what the patching below moves around.
+# The hand-written sentences are the harder test: a gap between them and the corpus's held-out frames is the part
+# of the behaviour that belongs to the generator's sentence shapes. The rest of the lesson dissects the model on the
+# corpus frames (where the behaviour is strongest, so every effect is large enough to see); 03.7 returns to the
+# hand-written ones.
 #
 # ## Exercise 03.2: Direct logit attribution, head by head
 #
@@ -197,7 +221,7 @@ def head_logit_attribution(model, cache, io_tokens: torch.Tensor, s_tokens: torc
 # lists (`circuit_heads(model)`)? In which layer?
 
 # %%
-prediction_2 = None  # your guess: the head with the largest direct effect, e.g. "L3H1"
+prediction_2 = None  # your guess: the head with the largest direct effect, e.g. "L1H0"
 
 # %%
 if MAIN:
@@ -290,7 +314,7 @@ if MAIN:
     # One frame and one order (ABBA), so that every prompt has IO, S1, S2 and END at the same positions and the
     # sweep's columns line up. The names are the model's own (its corpus's training names, when it has a corpus).
     frame = "When {A} and {B} went to the {place}, {S} gave a {object} to"
-    names = Corpus(seed=0).names_train if model.card.get("corpus") else None  # the names the model was trained on
+    names = corpus_for(model).names_train if model.card.get("corpus") else None  # the names the model was trained on
     one = ioi_dataset(model, n=4 if LARGE else 8, templates=[frame], kinds=("ABBA",), names=names)
     one_abc = one.abc()
     roles = {int(one.io_pos[0]): "IO", int(one.s1_pos[0]): "S1", int(one.s2_pos[0]): "S2", int(one.end_pos[0]): "END"}
@@ -323,8 +347,10 @@ if MAIN:
 # %% [markdown]
 # Read the figure from top to bottom. Where the clean stream at one position restores the answer, the information
 # that tells the clean prompt from p_ABC sits there. In the first layers you expect it at the names (a repeated
-# name is the only cue); by the last block it has to be at END, where the answer is read. Some heads carried it
-# from one to the other: which ones, and from where, is what the next exercises find out. (Columns give the
+# name is the only cue); after the last block it has to be at END, where the answer is read. Some heads carry it
+# from one to the other, and the row where it first shows at END tells you in which block they sit (the sweep stops
+# before the last block: if it is still at the names there, the last block's heads read it from the names
+# themselves). Which heads, and from where, is what the next exercises find out. (Columns give the
 # position, then its role: in an ABBA prompt S1 is the second name, and S2 repeats it.)
 #
 # ## Exercise 03.5: Path patching to the logits
@@ -464,13 +490,21 @@ if MAIN:
             with_repeat, without = control[head].tolist()
             print(f"   {label(head)}: END->S2 {with_repeat:.2f} with the repeated name, {without:.2f} without "
                   f"({without - with_repeat:+.2f})")
+        if model.card.get("corpus"):  # the same control on the hand-written frames of 03.1
+            on_hand = torch.stack([s2_attention_control(model, h.tokens, h.s2_pos, h.end_pos,
+                                                        h.abc().tokens[torch.arange(len(h)), h.s2_pos])
+                                   for h in hand]).mean(0)  # [n_layers, n_heads, 2], mean over the frames
+            print("   on the hand-written frames: " + "; ".join(
+                f"{label(divmod(i, model.cfg.n_heads))} {on_hand[divmod(i, model.cfg.n_heads)][0]:.2f} -> "
+                f"{on_hand[divmod(i, model.cfg.n_heads)][1]:.2f}" for i in candidates.tolist()))
 
 # %% [markdown]
 # A head whose attention to S2 drops when the repeat goes away responds to the *duplicated name*, the paper's
 # S-inhibition signature; one whose attention stays the same is reading a position. (And a head in layer 0 cannot
-# respond to a repeat at all: nothing before it could have compared two names.) Issue 12 of minimech found that
-# mini-4l's S2-attending heads attend as much without a repeat: its corpus put S2 in a fixed slot, and the model
-# learned the slot.
+# respond to a repeat at all: nothing before it could have compared two names.) Compare with what you printed: on
+# minimech's earlier default, whose corpus put S2 in a fixed slot, the S2-attending heads attended just as much
+# without a repeat. A small drop (a few hundredths) says the head mostly finds S2 by where it stands, whatever the
+# table of 03.6 made it look like.
 #
 # ## Exercise 03.8: Path patching into the name movers' queries
 #

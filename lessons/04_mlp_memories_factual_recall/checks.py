@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import top_activating
 from minimech.grading import Case, Exercise, close, expect_shape
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 KIND_HOOKS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
 SAMPLES = 3
@@ -50,7 +50,7 @@ def _random_gpt(ctx, gen, **fixed):
 
 def _facts(model, gen, count: int):
     """count (tokens [1, pos], subject positions, answer id, label) from the held-out fact prompts."""
-    facts = Corpus(seed=0).fact_eval("heldout")
+    facts = corpus_for(model).fact_eval("heldout")
     order = torch.randperm(len(facts), generator=gen).tolist()
     out = []
     for i in order[:count]:
@@ -251,7 +251,7 @@ def act_compare(got, want, case) -> str | None:
 def _documents(model, gen, n: int, length: int) -> torch.Tensor:
     """[n, length] tokens: training documents with BOS first, cut to one length."""
     rows, tok = [], model.tokenizer
-    for doc in Corpus(seed=0).training_documents(4 * n, seed=_int(gen, 0, 10_000)):
+    for doc in corpus_for(model).training_documents(4 * n, seed=_int(gen, 0, 10_000)):
         ids = [tok.bos_id] + tok.encode(doc)  # long documents are cut below, not refused
         if len(ids) >= length:
             rows.append(torch.tensor(ids[:length]))
@@ -413,8 +413,9 @@ def restore_cases(ctx) -> list[Case]:
     items = _trace_inputs(ctx, gen, 2)
     for i, (m, t, sp, ans, nz, label) in enumerate(items):
         n_layers, last = m.cfg.n_layers, t.shape[1] - 1
-        # where the card says mini-4l's facts are traced, and the stream there (whose next layer still matters)
-        picks = [("mlp", 0, sp[-1]), ("resid", 0, sp[-1])] if i == 0 else []
+        # layer 0 at the subject, where the token's identity comes back (story-4l: through layer 0's attention, whose
+        # L0H2 attends to its own position; the MLP restores little), and the stream there
+        picks = [("mlp", 0, sp[-1]), ("attn", 0, sp[-1]), ("resid", 0, sp[-1])] if i == 0 else []
         picks.append((["resid", "mlp", "attn"][_int(gen, 0, 2)], _int(gen, 0, n_layers - 1), sp[-1]))
         if i == len(items) - 1:
             picks.append(("resid", _int(gen, 0, n_layers - 2), _int(gen, sp[-1], last)))

@@ -43,10 +43,10 @@ from minimech import plot
 from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import memory_logits, search_corpus, top_activating
 from minimech.notebook import show, tqdm
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 KIND_HOOKS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}  # what each kind restores
 
@@ -103,7 +103,7 @@ if MAIN:
     LARGE = model.cfg.d_model > 256
     SAMPLES = 3 if LARGE else 10  # noise samples per causal trace
     print(model)
-    corpus = Corpus(seed=0)  # the corpus the shipped models were trained on
+    corpus = corpus_for(model)  # the corpus the shipped models were trained on
     facts = corpus.fact_eval("heldout")  # held-out phrasings: word orders never used for these facts in training
     known = known_facts(model, facts)
     print(f"{len(facts)} held-out fact prompts; the model's top token is the answer's first token on {len(known)}")
@@ -417,6 +417,15 @@ if MAIN:
         for layer in range(model.cfg.n_layers):
             print(f"   MLP {layer}: fact, at the subject's last token {at_subject[layer]:+.2f}; control, at the noised "
                   f"name {at_name[layer]:+.2f}; fact, at the last token {fact_frac[layer, -1]:+.2f}")
+        # The same comparison for each layer's attention output: a token's identity can come back through a head
+        # that attends to its own position as well as through an MLP. (GPT-2: left out, two more traces.)
+        if not LARGE:
+            attn_fact = recovered_fraction_grid(model, tokens, subject, answer, noise, "attn")  # [n_layers, pos]
+            attn_control = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "attn")
+            for layer in range(model.cfg.n_layers):
+                print(f"   attention {layer}: fact, at the subject's last token {attn_fact[layer, subject[-1]]:+.2f}; "
+                      f"control, at the noised name {attn_control[layer, io_pos[0]]:+.2f}; fact, at the last token "
+                      f"{attn_fact[layer, -1]:+.2f}")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
         for ax, grid, labels, marked, title in [
                 (axes[0], fact_frac, str_tokens, subject, f"fact: {fact.prompt!r}"),
@@ -430,8 +439,9 @@ if MAIN:
         show(fig, OUT / "04_trace_and_control.png")
 
 # %% [markdown]
-# Compare the two columns layer by layer. Where the control recovers as much as the fact (or more), restoring that
-# MLP at the noised token gives back the token, not a fact: it cannot count as the place of recall. What is left is
+# Compare the two columns layer by layer, for the MLPs and then for attention. Where the control recovers as much as
+# the fact (or more), restoring that component at the noised token gives back the token, not a fact: it cannot count
+# as the place of recall. What is left is
 # the difference: an MLP whose restoration at the subject recovers clearly more than the same restoration at a
 # noised name is doing something for facts that it does not do for any token. GPT-2's answer in ROME is a band of
 # early-middle MLPs at the subject's last token; a small model may have no such band, or have it at the last token

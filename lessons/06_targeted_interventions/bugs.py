@@ -126,7 +126,7 @@ def steer_without_coeff(model, tokens, hook, vector, coeff, pos=None):
 
 # ---- 06.5 steering_by_layer -----------------------------------------------------------------------------------------
 
-def _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_pre", where=-1,
+def _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_mid", where=-1,
               probs=False):
     out = []
     for layer in range(model.cfg.n_layers):
@@ -143,6 +143,10 @@ def _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind=
 
 def by_layer_resid_post(model, positive, negative, prompts, target, baseline, coeff=1.0):
     return _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_post")
+
+
+def by_layer_resid_pre(model, positive, negative, prompts, target, baseline, coeff=1.0):
+    return _by_layer(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_pre")
 
 
 def by_layer_every_position(model, positive, negative, prompts, target, baseline, coeff=1.0):
@@ -291,7 +295,8 @@ BUGS = [
     Bug("06.4", steer_every_position, "every position"),
     Bug("06.4", steer_position_off_by_one, "one position too early"),
     Bug("06.4", steer_without_coeff, "coeff"),
-    Bug("06.5", by_layer_resid_post, "hook_resid_pre"),
+    Bug("06.5", by_layer_resid_post, "hook_resid_mid"),
+    Bug("06.5", by_layer_resid_pre, "hook_resid_mid"),
     Bug("06.5", by_layer_every_position, "last token only"),
     Bug("06.5", by_layer_probabilities, "logit difference"),
     Bug("06.6", moment_centred, "uncentred"),

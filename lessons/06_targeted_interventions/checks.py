@@ -23,7 +23,7 @@ from minimech.analysis import (ablation_damage, card_heads, fact_layer, find_sub
                                key_covariance, rank_one_update, steer, steering_vector)
 from minimech.analysis.memories import prompt_batch
 from minimech.grading import Case, Exercise, close, expect_shape
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 GPT2_IOI_HEADS = [(9, 9), (9, 6), (10, 0), (7, 3), (7, 9), (8, 6), (8, 10), (5, 5), (6, 9), (0, 1), (3, 0)]
 
@@ -206,7 +206,7 @@ def _minus_loss(tokens):
 def _behaviours(model, gen) -> dict:
     """Small versions of shipped_behaviours' four, on held-out data: {name: (tokens, reference_tokens, metric)}, each
     reference other prompts of the same kind and width (IOI: the p_ABC prompts)."""
-    corpus = Corpus(seed=0)
+    corpus = corpus_for(model)
     ds = ioi_dataset(model, n=_int(gen, 4, 6), seed=_int(gen, 0, 10_000))
     facts = _pick(gen, corpus.fact_eval("heldout"), 24)
     both = model.to_tokens([f.prompt for f in facts])  # [24, pos], right-padded to one width
@@ -295,7 +295,7 @@ def _prompts(facts, subject: str, relation: str | None = None) -> list[str]:
 def vector_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 3), []
     model = ctx.model()
-    facts = Corpus(seed=0).fact_eval("train")
+    facts = corpus_for(model).fact_eval("train")
     countries = sorted({f.subject for f in facts})
     n_layers = model.cfg.n_layers
     relation = ["capital", "language", "continent"][_int(gen, 0, 2)]
@@ -363,14 +363,17 @@ def _last_acts(model, prompts, hook) -> torch.Tensor:
 def steer_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 4), []
     model = ctx.model()
-    corpus_facts = Corpus(seed=0)
+    corpus_facts = corpus_for(model)
     train, heldout = corpus_facts.fact_eval("train"), corpus_facts.fact_eval("heldout")
     countries = sorted({f.subject for f in train})
     a, b = _pick(gen, countries, 2)
-    hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"  # where the vector moves the answer (see lesson.py)
+    hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid"  # where the vector moves the answer (see lesson.py)
     with _one_thread():
         vector = steering_vector(model, _prompts(train, a, "capital"), _prompts(train, b, "capital"), hook=hook)
-    prompts = [f.prompt for f in heldout if f.relation == "capital" and f.paraphrase == "capital/6"]
+    capitals = [f for f in heldout if f.relation == "capital"]
+    phrasings = sorted({f.paraphrase for f in capitals})  # one phrasing, so that the prompts share a length
+    phrasing = max(phrasings, key=lambda ph: sum(f.paraphrase == ph for f in capitals))
+    prompts = [f.prompt for f in capitals if f.paraphrase == phrasing]
     by_length: dict[int, list[str]] = {}
     for p in _pick(gen, prompts, 12):
         by_length.setdefault(model.to_tokens(p).shape[1], []).append(p)
@@ -428,7 +431,7 @@ def steer_compare(got, want, case) -> str | None:
 def sweep_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 15), []
     model = ctx.model()
-    corpus = Corpus(seed=0)
+    corpus = corpus_for(model)
     train, heldout = corpus.fact_eval("train"), corpus.fact_eval("heldout")
     countries = sorted({f.subject for f in train})
     for relation, coeff in [("capital", 1.0), (["language", "continent"][_int(gen, 0, 1)], 1.5)]:
@@ -444,7 +447,7 @@ def sweep_cases(ctx) -> list[Case]:
     return cases
 
 
-def _sweep(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_pre", where=-1,
+def _sweep(model, positive, negative, prompts, target, baseline, coeff, kind="hook_resid_mid", where=-1,
            read=lambda logits, t, b: logits[t] - logits[b]) -> torch.Tensor:
     out = []
     for layer in range(model.cfg.n_layers):
@@ -474,13 +477,16 @@ def sweep_compare(got, want, case) -> str | None:
         (lambda: -want, "your differences have the wrong sign: logit(target) - logit(baseline)"),
         (lambda: _sweep(*args[:-1], 1.0) if a["coeff"] != 1.0 else None, "you left out coeff: steer with coeff"),
         (lambda: _sweep(*args, kind="hook_resid_post"),
-         "you built and added the vector at hook_resid_post: use blocks.{l}.hook_resid_pre for layer l"),
+         "you built and added the vector at hook_resid_post: use blocks.{l}.hook_resid_mid for layer l"),
+        (lambda: _sweep(*args, kind="hook_resid_pre"),
+         "you built and added the vector at hook_resid_pre: use blocks.{l}.hook_resid_mid for layer l (after the "
+         "layer's attention, which may bring the country to the last token)"),
         (lambda: _sweep(*args, where=None), "you added the vector at every position: add it at the last token only "
                                             "(pos=-1)"),
         (lambda: _sweep(*args, read=lambda lg, t, b: lg.softmax(-1)[t] - lg.softmax(-1)[b]),
          "you compared probabilities: return the logit difference, logit(target) - logit(baseline)"),
         (lambda: torch.stack([_sweep(*args)[0]] * len(want)) if len(want) > 1 else None,
-         "every layer gives the same number: build a new vector at each layer's resid_pre and steer there"),
+         "every layer gives the same number: build a new vector at each layer's resid_mid and steer there"),
     ]
     return _diagnosed(got, want, variants, 1e-3, 1e-3, "your sweep", match_tol=5e-3)
 
@@ -490,7 +496,7 @@ def sweep_compare(got, want, case) -> str | None:
 def moment_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 16), []
     model = ctx.model()
-    docs = Corpus(seed=0).training_documents(6, seed=80_000 + _int(gen, 0, 9_999))
+    docs = corpus_for(model).training_documents(6, seed=80_000 + _int(gen, 0, 9_999))
     tokens, mask = prompt_batch(model, docs, truncate=True)  # [6, pos] each, right-padded
     mask = mask.clone()
     mask[:, 0] = False
@@ -553,7 +559,7 @@ def delta_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 17), []
     model = ctx.model()
     layer = _layer_of_facts(model)
-    facts = [f for f in Corpus(seed=0).fact_eval("train") if f.relation == "capital"]
+    facts = [f for f in corpus_for(model).fact_eval("train") if f.relation == "capital"]
     fact, other = _pick(gen, facts, 2)
     tokens = model.to_tokens(fact.prompt)
     subject_pos = find_subject_positions(model, tokens, fact.subject)[-1]
@@ -662,7 +668,7 @@ def update_cases(ctx) -> list[Case]:
                           label=f"random W [{d_mlp}, {d_model}], key [{d_mlp}], C [{d_mlp}, {d_mlp}] (float64)"))
     model = ctx.model()
     layer = _layer_of_facts(model)
-    facts = [f for f in Corpus(seed=0).fact_eval("train") if f.relation == "capital"]
+    facts = [f for f in corpus_for(model).fact_eval("train") if f.relation == "capital"]
     fact = _pick(gen, facts, 1)[0]
     name = f"blocks.{layer}.mlp.hook_post"
     with _one_thread(), torch.no_grad():
@@ -739,7 +745,7 @@ def update_compare(got, want, case) -> str | None:
 def edit_cases(ctx) -> list[Case]:
     gen, cases = _gen(ctx, 6), []
     model = ctx.model()
-    facts = Corpus(seed=0).fact_eval("heldout")
+    facts = corpus_for(model).fact_eval("heldout")
     layer = _layer_of_facts(model)
     subject = _pick(gen, sorted({f.subject for f in facts}), 1)[0]
     own = [f for f in facts if f.subject == subject]

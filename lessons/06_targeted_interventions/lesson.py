@@ -47,10 +47,10 @@ from minimech.analysis import (ablation_damage, card_heads, fact_layer, find_sub
 from minimech.analysis.interventions import spread_facts
 from minimech.analysis.memories import prompt_batch
 from minimech.notebook import show, tqdm
-from minimech.training.corpus import Corpus
+from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
-DEFAULT_MODEL = "mini-4l"
+DEFAULT_MODEL = "story-4l"
 OUT = Path("minimech-out")
 GPT2_IOI_HEADS = [(9, 9), (9, 6), (10, 0), (7, 3), (7, 9), (8, 6), (8, 10), (5, 5), (6, 9), (0, 1), (3, 0)]
 
@@ -103,7 +103,7 @@ if MAIN:
     # GPT-2-sized (d_model 768): fewer prompts, documents and facts in the demos, so the script takes minutes
     LARGE = model.cfg.d_model > 256
     print(model)
-    corpus = Corpus(seed=0)  # the corpus the shipped models were trained on
+    corpus = corpus_for(model)  # the corpus the shipped models were trained on
     facts_train, facts_heldout, facts_all = (corpus.fact_eval(s) for s in ("train", "heldout", "all"))
     print(f"   facts: {len(facts_train)} training phrasings, {len(facts_heldout)} held out, e.g. "
           f"{facts_heldout[0].prompt!r} -> {facts_heldout[0].answer!r}")
@@ -233,9 +233,10 @@ if MAIN:
 # Read the table row by row against your guess. Each behaviour's metric is in its own units (a logit difference,
 # a mean log-probability, minus a loss), so compare each change with the control row, not with the other columns.
 # If the IOI heads' row damages facts, induction or text as much as IOI, the heads are not an IOI module: small
-# models reuse their heads. The head the card ranks first is often also the strongest induction head (lesson 02)
-# and a head that carries a fact's subject to the last token (lesson 04); leaving out the layer-0 heads, which move
-# "which word came where" for every task, shows how much of the collateral damage is theirs.
+# models reuse their heads. The heads ranked first for IOI may do work that every task needs: a head that attends
+# to each token itself and carries its identity, a previous-token head, an induction head (look them up in lesson
+# 03's role table and lesson 02's detectors). Leaving out the layer-0 heads, which move "which word came where" for
+# every task, shows how much of the collateral damage is theirs.
 #
 # A circuit found by asking "what matters for IOI?" answers that question, not "what matters *only* for IOI?". To
 # remove a behaviour you want the components that are necessary for it and unnecessary for everything else, and
@@ -324,18 +325,19 @@ if MAIN:
 #
 # > **Difficulty** ★★☆ · **Importance** ★★★★☆ · about 15 minutes
 #
-# For each layer `l`: build the vector at `blocks.{l}.hook_resid_pre` with your 06.3, add it (coefficient `coeff`)
-# at the last token of each test prompt with your 06.4, one prompt at a time (they have different lengths), and
-# return the mean over the prompts of `logit(target) − logit(baseline)` at the last token.
+# For each layer `l`: build the vector at `blocks.{l}.hook_resid_mid` (the stream after layer `l`'s attention, before
+# its MLP) with your 06.3, add it (coefficient `coeff`) at the last token of each test prompt with your 06.4, one
+# prompt at a time (they have different lengths), and return the mean over the prompts of
+# `logit(target) − logit(baseline)` at the last token.
 #
 # `steering_by_layer(model, positive, negative, prompts, target, baseline, coeff=1.0)` → `[n_layers]`.
 
 # %%
 def steering_by_layer(model, positive: list, negative: list, prompts: list, target: int, baseline: int,
                       coeff: float = 1.0) -> torch.Tensor:
-    """-> [n_layers]: mean logit(target) - logit(baseline) over prompts, steered at resid_pre of each layer."""
+    """-> [n_layers]: mean logit(target) - logit(baseline) over prompts, steered at resid_mid of each layer."""
     # EXERCISE 06.5
-    raise NotImplementedError("EXERCISE 06.5: per layer, your 06.3 at resid_pre, your 06.4 at pos=-1, logit diff")
+    raise NotImplementedError("EXERCISE 06.5: per layer, your 06.3 at resid_mid, your 06.4 at pos=-1, logit diff")
 
 
 # %% [markdown]
@@ -373,10 +375,10 @@ if MAIN:
         sweep = steering_by_layer(model, positive, negative, france_capital, madrid, paris)  # [n_layers]
         unsteered = torch.stack([model(model.to_tokens(p))[0, -1] for p in france_capital])
         print(f"   logit(Madrid) - logit(Paris) on {len(france_capital)} held-out France capital prompts: unsteered "
-              f"{(unsteered[:, madrid] - unsteered[:, paris]).mean():+.2f}; steered at resid_pre of layer "
+              f"{(unsteered[:, madrid] - unsteered[:, paris]).mean():+.2f}; steered at resid_mid of layer "
               + ", ".join(f"{l} {x:+.2f}" for l, x in enumerate(sweep.tolist())))
         best = int(sweep.argmax())
-        best_hook = f"blocks.{best}.hook_resid_pre"
+        best_hook = f"blocks.{best}.hook_resid_mid"
         best_vector = steering_vector(model, positive, negative, best_hook)
         others = [f for f in facts_heldout if f.subject not in ("France", "Spain")]
         others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation

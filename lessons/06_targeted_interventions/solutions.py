@@ -66,11 +66,11 @@ def steered_logits(model, tokens: torch.Tensor, hook: str, vector: torch.Tensor,
 
 def steering_by_layer(model, positive: list, negative: list, prompts: list, target: int, baseline: int,
                       coeff: float = 1.0) -> torch.Tensor:
-    """-> [n_layers]: for each layer l, the vector positive - negative at blocks.{l}.hook_resid_pre (06.3) added with
+    """-> [n_layers]: for each layer l, the vector positive - negative at blocks.{l}.hook_resid_mid (06.3) added with
     coeff at each prompt's last token (06.4); the mean over prompts of logit(target) - logit(baseline) there."""
     out = []
     for layer in range(model.cfg.n_layers):
-        hook = f"blocks.{layer}.hook_resid_pre"
+        hook = f"blocks.{layer}.hook_resid_mid"
         vector = steering_vector(model, positive, negative, hook)
         diffs = []
         for prompt in prompts:  # one at a time: position -1 is each prompt's own last token
