@@ -52,8 +52,9 @@ CHILD = textwrap.dedent("""
         from minimech.grading import get_lesson, load_checks, run_checks
         from minimech.grading.checking import Oracle, scaled_limits
         start = time.perf_counter()
-        step = lambda what: lambda ex_id: print(f"[{time.perf_counter() - start:6.0f} s] {what} {ex_id}",
-                                                file=sys.stderr, flush=True)
+        step = lambda what: lambda ex_id, *cases: print(
+            f"[{time.perf_counter() - start:6.0f} s] {what} {ex_id}" + (" {}/{} cases".format(*cases) if cases else ""),
+            file=sys.stderr, flush=True)
         lesson = get_lesson(spec["lesson"])
         oracle = Oracle(load_checks(lesson), 1, "gpt2")
         limits = scaled_limits(lesson, oracle, progress=step("reference answers of"))  # what run_checks will use
