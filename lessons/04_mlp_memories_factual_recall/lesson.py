@@ -342,9 +342,8 @@ def where(pos: int, subject_positions: list, n_pos: int) -> str:
 if MAIN:
     traced = ("resid", "mlp") if LARGE else tuple(KIND_HOOKS)  # GPT-2: attention's trace left out (a minute more)
     with demo(f"04.6 the causal trace: {', '.join(traced)}"):
-        # GPT-2: a minute or two per trace, in your loop: the bar counts the model's runs (one per layer and token)
-        with forward_progress(model, len(traced) * model.cfg.n_layers * tokens.shape[1], "04.6 restored runs",
-                              disable=not LARGE):
+        # GPT-2: a minute or two per trace in your loop: the bar counts the model's runs (one or two a layer and token)
+        with forward_progress(model, desc="04.6 your traces' runs", disable=not LARGE):
             grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind) for kind in traced}
         with forward_progress(model, desc="04.6 causal_trace's runs", disable=not LARGE):
             toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=SAMPLES, seed=0,
@@ -413,7 +412,8 @@ prediction_3 = None  # your guess: the best MLP fraction for the fact and for th
 
 # %%
 if MAIN:
-    with demo("04.7 the fact's trace beside the control's"):
+    with demo("04.7 the fact's trace beside the control's"), \
+            forward_progress(model, desc="04.7 your traces' runs", disable=not LARGE):  # GPT-2: minutes
         fact_frac = recovered_fraction_grid(model, tokens, subject, answer, noise, "mlp")  # [n_layers, pos]
         control_frac = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "mlp")
         at_subject = fact_frac[:, subject[-1]]  # [n_layers]: MLP l restored at the subject's last token
@@ -537,8 +537,7 @@ if MAIN:
             print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
                   "are here (minimech fetch gpt2)")
         else:
-            runs = sum(model.cfg.n_layers * model.to_tokens(f.prompt).shape[1] for f in usable[:4])
-            with forward_progress(model, runs, "GPT-2 traces: restored runs"):  # your loop: one run a layer and token
+            with forward_progress(model, desc="GPT-2 traces: your loop's runs"):  # minutes: show each run
                 for f in usable[:4]:
                     toks = model.to_tokens(f.prompt)
                     sp = find_subject_positions(model, toks, f.subject)
