@@ -17,8 +17,9 @@ GPT-2-small paper cases run. On random weights those cases must FAIL, with clear
 
 Figures: wall seconds; CPU seconds (user + system, the whole process tree: on a machine shared with other work
 the wall clock grows with the load, the CPU time much less); peak RSS of the largest single process (the script;
-for a check the grader or a learner's process, from wait4); and the peak of the whole process tree's RSS summed
-(sampled every 0.2 s).
+for a check the grader or a learner's process, from wait4); the peak of the whole process tree's RSS summed
+(sampled every 0.2 s); and the longest silent stretch (no output on stdout or stderr, a progress bar's redraw
+counting; the children run unbuffered, as on a terminal), which the project wants under ~10 s.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ CHILD = textwrap.dedent("""
         from minimech.grading import get_lesson, load_checks, run_checks
         from minimech.grading.checking import Oracle, scaled_limits
         start = time.perf_counter()
-        step = lambda what: lambda ex_id: print(f"[{time.perf_counter() - start:6.0f} s] {what} {ex_id}",
-                                                file=sys.stderr, flush=True)
+        step = lambda what: lambda ex_id, *cases: print(
+            f"[{time.perf_counter() - start:6.0f} s] {what} {ex_id}" + (" {}/{} cases".format(*cases) if cases else ""),
+            file=sys.stderr, flush=True)
         lesson = get_lesson(spec["lesson"])
         oracle = Oracle(load_checks(lesson), 1, "gpt2")
         limits = scaled_limits(lesson, oracle, progress=step("reference answers of"))  # what run_checks will use
@@ -94,6 +96,8 @@ class Run:
     stdout: str
     stderr: str
     report: dict | None = field(default=None)
+    silent_s: float = 0.0  # the longest stretch with no output at all (stdout or stderr, a progress bar's redraw
+    #                        counts), from the start to the end, measured at 0.1 s resolution
 
     @property
     def traceback(self) -> bool:
@@ -129,7 +133,7 @@ def _tree(pid: int) -> dict[int, tuple[float, float]]:
 def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = False) -> Run:
     """One child (CHILD with spec), timed, its memory measured; stderr echoed as it comes when echo."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=cwd, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak, cpu, done = [0.0], {}, threading.Event()
 
@@ -139,24 +143,34 @@ def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = F
             peak[0] = max(peak[0], sum(rss for rss, _ in tree.values()))
             cpu.update({p: max(c, cpu.get(p, 0.0)) for p, (_, c) in tree.items()})
 
-    err_lines: list[str] = []
+    chunks: dict[str, list[str]] = {"out": [], "err": []}
+    last, silent = [start], [0.0]  # the last output's time; the longest silence so far
+    lock = threading.Lock()
 
-    def read_stderr():
-        for line in proc.stderr:
-            err_lines.append(line)
-            if echo:
-                sys.stderr.write("      | " + line)
+    def read(stream, name):  # raw chunks, not lines: a progress bar redraws with \r and no newline
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            now = time.perf_counter()
+            with lock:
+                silent[0], last[0] = max(silent[0], now - last[0]), now
+            text = chunk.decode(errors="replace")
+            chunks[name].append(text)
+            if echo and name == "err":
+                sys.stderr.write(text.replace("\n", "\n      | "))
 
-    threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    threads = [threading.Thread(target=sample, daemon=True),
+               threading.Thread(target=read, args=(proc.stdout, "out"), daemon=True),
+               threading.Thread(target=read, args=(proc.stderr, "err"), daemon=True)]
     for t in threads:
         t.start()
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
-    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     timer.cancel()
     done.set()
-    threads[1].join(10)
+    for t in threads[1:]:
+        t.join(10)
+    silent[0] = max(silent[0], time.perf_counter() - last[0])
+    out = "".join(chunks["out"])
     proc.returncode = os.waitstatus_to_exitcode(status)
     report = next((json.loads(line[7:]) for line in out.splitlines() if line.startswith("REPORT ")), None)
     # CPU: wait4's (the child and the children it waited for) or the samples' sum (every process of the tree, up
@@ -164,7 +178,7 @@ def run_child(spec: dict, env: dict, cwd: Path, timeout_s: float, echo: bool = F
     total_cpu = max(usage.ru_utime + usage.ru_stime, sum(cpu.values()))
     return Run(round(time.perf_counter() - start, 1), round(total_cpu, 1),
                usage.ru_maxrss / 1024, peak[0], proc.returncode, out,
-               "".join(err_lines), report)
+               "".join(chunks["err"]), report, round(silent[0], 1))
 
 
 def lesson_file(lesson, folder: Path) -> Path:
@@ -181,6 +195,7 @@ def environment(checkpoint: Path, threads: int | None = None) -> dict:
     other (measured here: a GPT-2 forward of 4 x 15 tokens took 2.4 s on 2 threads, 0.96 s on 1)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MINIMECH_QUICK", "MINIMECH_NO_VERIFY")}
     env["MINIMECH_WEIGHTS"] = str(checkpoint.parent)  # load("gpt2") finds <folder>/gpt2
+    env["PYTHONUNBUFFERED"] = "1"  # output as it comes, as on a terminal, so that silent stretches can be timed
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
@@ -211,7 +226,7 @@ def failures(report: dict) -> list[str]:
 
 def row(lesson, kind: str, run: Run, result: str) -> str:
     return (f"{lesson.name:30s} {kind:6s} {run.wall_s:7.1f} {run.cpu_s:7.1f} {run.max_rss_mib:12.0f} "
-            f"{run.tree_peak_mib:9.0f}  {result}")
+            f"{run.tree_peak_mib:9.0f} {run.silent_s:9.1f}  {result}")
 
 
 def main(argv=None) -> None:
@@ -232,7 +247,7 @@ def main(argv=None) -> None:
     print(f"checkpoint {checkpoint} (GPT-2 small's shape, random weights); "
           f"{'recognised as GPT-2 small' if published else 'not GPT-2 small (no paper cases)'}; "
           f"{args.threads or 'default'} threads; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'lesson':30s} {'run':6s} {'wall s':>7s} {'CPU s':>7s} {'max RSS MiB':>12s} {'tree MiB':>9s}  result")
+    print(f"{'lesson':30s} {'run':6s} {'wall s':>7s} {'CPU s':>7s} {'max RSS MiB':>12s} {'tree MiB':>9s} {'silent s':>9s}  result")
     for lesson in find_lessons():
         if args.lessons and lesson.id not in args.lessons:
             continue

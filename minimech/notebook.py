@@ -3,6 +3,7 @@
     show(fig, "minimech-out/02_ablation.png")   # saves the PNG; in Jupyter, also displays it inline
     show(plot.heatmap(...))                     # a PNG minimech.plot already wrote: displayed in Jupyter
     for step in tqdm(range(n)): ...             # a widget in Jupyter (with ipywidgets), text elsewhere
+    with forward_progress(model, total=n): ...  # a bar counting the model's forward passes in the block
 
 In a script nothing is displayed: figures are files. In a notebook the same call shows the figure once (the
 figure is closed, so matplotlib's inline backend does not show it a second time at the end of the cell).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,3 +85,15 @@ def _bar_class():
 def tqdm(*args, **kwargs):
     """A progress bar, called like tqdm.tqdm: a widget in Jupyter (with ipywidgets), text elsewhere."""
     return _bar_class()(*args, **kwargs)
+
+
+@contextmanager
+def forward_progress(model, total: int | None = None, desc: str = "forward passes", disable: bool = False):
+    """A progress bar counting the model's forward passes inside the block (a hook on hook_embed that changes
+    nothing): progress for work that shows none itself, such as a learner's loop of patched runs on GPT-2."""
+    with tqdm(total=total, desc=desc, unit=" forwards", disable=disable, leave=False) as bar:
+        def count(embed, hook):  # returns None: the activation goes on unchanged
+            bar.update(1)
+
+        with model.hooks([("hook_embed", count)]):
+            yield bar

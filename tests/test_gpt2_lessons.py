@@ -54,7 +54,8 @@ def _cases(report: dict) -> list[tuple[str, dict]]:
 
 
 def _summary(run) -> str:
-    return f"{run.wall_s} s, max RSS {run.max_rss_mib:.0f} MiB, tree {run.tree_peak_mib:.0f} MiB"
+    return (f"{run.wall_s} s wall, {run.cpu_s} s CPU, max RSS {run.max_rss_mib:.0f} MiB, tree "
+            f"{run.tree_peak_mib:.0f} MiB, longest silence {run.silent_s} s")
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[lesson.id for lesson in LESSONS])

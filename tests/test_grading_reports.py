@@ -161,9 +161,13 @@ def test_a_bigger_models_memory_limit_covers_what_the_reference_needs(hungry):
     added (plus 512 MB), not the lesson's 64 MB grown by four copies of the weights: the solutions pass."""
     lesson, solved = hungry
     oracle = Oracle(load_checks(lesson), 1, "mini-4l")
-    done = []
-    time_s, memory_mb = scaled_limits(lesson, oracle, progress=done.append)
-    assert memory_mb >= 2 * 290 + 512 and sorted(done) == sorted(lesson.points), (memory_mb, done)
+    told = []  # (exercise, cases done, cases): each case's reference as it is done, for a progress bar
+    time_s, memory_mb = scaled_limits(lesson, oracle, progress=lambda *event: told.append(event))
+    done = [ex_id for ex_id, k, n in told if k == n]
+    assert memory_mb >= 2 * 290 + 512 and sorted(done) == sorted(lesson.points), (memory_mb, told)
+    for ex_id in lesson.points:  # the counts only grow, and end at the exercise's number of cases
+        counts = [k for e, k, _ in told if e == ex_id]
+        assert counts == sorted(set(counts)) and counts[-1] == len(oracle.expected(ex_id)[0]) > 0, (ex_id, told)
     report = run_checks(lesson, solved, seed=1, model="mini-4l")
     assert [e.status for e in report.exercises] == ["pass"] * 4, [(e.id, e.message) for e in report.exercises]
 

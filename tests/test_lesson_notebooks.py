@@ -133,3 +133,21 @@ def test_progress_bars_come_from_minimech_notebook():
                     continue  # `minimech check`'s bar on stderr: a command (a terminal, or a notebook's ! line)
                 offenders.append(f"{path.relative_to(LESSONS.parent)}:{number}: {line.strip()}")
     assert not offenders, "use `from minimech.notebook import tqdm`:\n" + "\n".join(offenders)
+
+
+def test_forward_progress_counts_forward_passes_and_changes_nothing():
+    """A lesson's bar for a learner's loop of runs (04.6's causal trace on GPT-2: minutes): one step per forward
+    pass in the block, the outputs exactly as without it, and no hook left behind."""
+    import torch
+
+    import minimech
+    from minimech.notebook import forward_progress
+
+    model = minimech.load("attn-only-2l")
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 5), generator=torch.Generator().manual_seed(0))
+    plain = model(tokens)
+    with forward_progress(model, total=4) as bar:
+        inside = [model(tokens) for _ in range(3)]
+        model.run_with_cache(tokens)
+    assert bar.n == 4 and all(torch.equal(out, plain) for out in inside)
+    assert not any(point.fns for point in model.hook_dict.values())

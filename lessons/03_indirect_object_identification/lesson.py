@@ -41,7 +41,7 @@ import minimech
 from minimech import plot
 from minimech.analysis import (card_heads, circuit_faithfulness, detector_scores, direct_logit_attribution,
                                ioi_dataset, logit_diff as toolkit_logit_diff, patch_heads, patch_resid, path_patch)
-from minimech.notebook import show, tqdm
+from minimech.notebook import forward_progress, show, tqdm
 from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
@@ -547,14 +547,16 @@ if MAIN:
     senders = sorted(end_to_s2, key=lambda lh: -end_to_s2[lh])[:2 if LARGE else 3]  # GPT-2: 40 s a sender
     with demo("03.8 path patching into the name movers' queries at END"):
         print(f"   receivers (name mover candidates, by direct effect): {[label(h) for h in movers]}")
-        for sender in tqdm(senders, desc="03.8 senders", disable=not LARGE, leave=False):
-            mine = path_patch_to_queries(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, sender, movers,
-                                         ds.end_pos)
-            toolkit = path_patch(model, ds.tokens, abc.tokens, metric, senders=[sender], receivers=movers,
-                                 receiver_input="q", positions=ds.end_pos)
-            to_logits = path_patch(model, ds.tokens, abc.tokens, metric, senders=[sender])  # the toolkit's 03.5
-            print(f"   {label(sender)} -> their queries at END: {normalised(mine):+.3f} (toolkit "
-                  f"{normalised(toolkit):+.3f}); -> the logits: {normalised(to_logits):+.3f}")
+        # GPT-2: 20 s or more a sender; the bar counts the model's runs
+        with forward_progress(model, desc=f"03.8 {len(senders)} senders' runs", disable=not LARGE):
+            for sender in senders:
+                mine = path_patch_to_queries(model, ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, sender,
+                                             movers, ds.end_pos)
+                toolkit = path_patch(model, ds.tokens, abc.tokens, metric, senders=[sender], receivers=movers,
+                                     receiver_input="q", positions=ds.end_pos)
+                to_logits = path_patch(model, ds.tokens, abc.tokens, metric, senders=[sender])  # the toolkit's 03.5
+                print(f"   {label(sender)} -> their queries at END: {normalised(mine):+.3f} (toolkit "
+                      f"{normalised(toolkit):+.3f}); -> the logits: {normalised(to_logits):+.3f}")
 
 # %% [markdown]
 # A sender whose path into the name movers' queries costs a large share of the logit difference, while its path to

@@ -42,7 +42,7 @@ import minimech
 from minimech import plot
 from minimech.analysis import causal_trace, find_subject_positions, ioi_dataset
 from minimech.analysis.memories import memory_logits, search_corpus, top_activating
-from minimech.notebook import show, tqdm
+from minimech.notebook import forward_progress, show, tqdm
 from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
@@ -342,9 +342,12 @@ def where(pos: int, subject_positions: list, n_pos: int) -> str:
 if MAIN:
     traced = ("resid", "mlp") if LARGE else tuple(KIND_HOOKS)  # GPT-2: attention's trace left out (a minute more)
     with demo(f"04.6 the causal trace: {', '.join(traced)}"):
-        grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind)
-                 for kind in tqdm(traced, desc="04.6 traces", disable=not LARGE, leave=False)}
-        toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=SAMPLES, seed=0, kinds=traced)
+        # GPT-2: a minute or two per trace in your loop: the bar counts the model's runs (one or two a layer and token)
+        with forward_progress(model, desc="04.6 your traces' runs", disable=not LARGE):
+            grids = {kind: causal_trace_grid(model, tokens, subject, answer, noise, kind) for kind in traced}
+        with forward_progress(model, desc="04.6 causal_trace's runs", disable=not LARGE):
+            toolkit = causal_trace(model, tokens, answer, fact.subject, noise=std, samples=SAMPLES, seed=0,
+                                   kinds=traced)
         print(f"   max |yours - causal_trace| = {max((grids[k] - toolkit.scores[k]).abs().max() for k in grids):.2e}")
         for kind, grid in grids.items():
             layer, pos = divmod(int(grid.argmax()), grid.shape[1])
@@ -409,7 +412,8 @@ prediction_3 = None  # your guess: the best MLP fraction for the fact and for th
 
 # %%
 if MAIN:
-    with demo("04.7 the fact's trace beside the control's"):
+    with demo("04.7 the fact's trace beside the control's"), \
+            forward_progress(model, desc="04.7 your traces' runs", disable=not LARGE):  # GPT-2: minutes
         fact_frac = recovered_fraction_grid(model, tokens, subject, answer, noise, "mlp")  # [n_layers, pos]
         control_frac = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "mlp")
         at_subject = fact_frac[:, subject[-1]]  # [n_layers]: MLP l restored at the subject's last token
@@ -466,12 +470,14 @@ if MAIN:
         some = [f for f in usable if f.relation == relation]
         survey += some[:: max(1, len(some) // max(1, surveyed // len(relations)))][: max(1, surveyed // len(relations))]
     peaks = {}
-    for f in tqdm(survey, desc="traced facts", disable=not LARGE, leave=False):
-        toks = model.to_tokens(f.prompt)
-        trace = causal_trace(model, toks, first_token(model, f.answer), f.subject, samples=5, kinds=("mlp",))
-        layer, pos = trace.peak("mlp")
-        key = (layer, where(pos, trace.subject_positions, toks.shape[1]))
-        peaks[key] = peaks.get(key, 0) + 1
+    # GPT-2: a minute a fact; the bar counts the model's runs (a batched one per layer, and two more, per fact)
+    with forward_progress(model, desc=f"tracing {len(survey)} facts", disable=not LARGE):
+        for f in survey:
+            toks = model.to_tokens(f.prompt)
+            trace = causal_trace(model, toks, first_token(model, f.answer), f.subject, samples=5, kinds=("mlp",))
+            layer, pos = trace.peak("mlp")
+            key = (layer, where(pos, trace.subject_positions, toks.shape[1]))
+            peaks[key] = peaks.get(key, 0) + 1
     print(f"\n   MLP trace peaks over {len(survey)} facts ({len({f.relation for f in survey})} relations): "
           + ", ".join(f"MLP {l} at {w}: {n}" for (l, w), n in sorted(peaks.items())))
 
@@ -541,13 +547,15 @@ if MAIN:
             print(f"   skipped: {minimech.loading.identify_gpt2(model).reason}. Run with --model gpt2 once its weights "
                   "are here (minimech fetch gpt2)")
         else:
-            for f in tqdm(usable[:4], desc="GPT-2 traces", leave=False):
-                toks = model.to_tokens(f.prompt)
-                sp = find_subject_positions(model, toks, f.subject)
-                draws = torch.randn(3, len(sp), model.cfg.d_model, generator=torch.Generator().manual_seed(0))
-                grid = causal_trace_grid(model, toks, sp, first_token(model, f.answer), draws * std, "mlp", window=5)
-                layer, pos = divmod(int(grid.argmax()), grid.shape[1])
-                print(f"   {f.prompt!r}: MLP peak at layer {layer}, {where(pos, sp, toks.shape[1])}")
+            with forward_progress(model, desc="GPT-2 traces: your loop's runs"):  # minutes: show each run
+                for f in usable[:4]:
+                    toks = model.to_tokens(f.prompt)
+                    sp = find_subject_positions(model, toks, f.subject)
+                    draws = torch.randn(3, len(sp), model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+                    grid = causal_trace_grid(model, toks, sp, first_token(model, f.answer), draws * std, "mlp",
+                                             window=5)
+                    layer, pos = divmod(int(grid.argmax()), grid.shape[1])
+                    print(f"   {f.prompt!r}: MLP peak at layer {layer}, {where(pos, sp, toks.shape[1])}")
 
 # %% [markdown]
 # ## What you found

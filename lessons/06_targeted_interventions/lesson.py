@@ -46,7 +46,7 @@ from minimech.analysis import (ablation_damage, card_heads, fact_layer, find_sub
                                shipped_behaviours, steer, steering_vector as toolkit_steering_vector)
 from minimech.analysis.interventions import spread_facts
 from minimech.analysis.memories import prompt_batch
-from minimech.notebook import show, tqdm
+from minimech.notebook import forward_progress, show, tqdm
 from minimech.training.corpora import corpus_for
 
 MAIN = __name__ == "__main__"
@@ -211,9 +211,10 @@ if MAIN:
     head_sets = {"IOI heads": heads, "IOI heads after layer 0": [h for h in heads if h[0] >= 1],
                  "quiet heads": quiet}
     head_sets = {k: v for k, v in head_sets.items() if v}
-    with demo("06.2 the damage of each ablation on every behaviour"):
+    with demo("06.2 the damage of each ablation on every behaviour"), \
+            forward_progress(model, desc="06.2 the head sets' runs", disable=not LARGE):  # GPT-2: 50 s a set
         changes = []
-        for name, hs in tqdm(head_sets.items(), desc="06.2 head sets", disable=not LARGE, leave=False):
+        for name, hs in head_sets.items():
             table = damage_table(model, behaviours, hs)  # [n_behaviours, 2]
             changes.append(table[:, 1] - table[:, 0])
             print(f"   {name} ({label(hs)}):")
@@ -384,13 +385,14 @@ if MAIN:
         others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
         groups = by_length(model, others)
         history = []
-        for coeff in tqdm((0.0, 0.5, 1.0, 1.5, 2.0), desc="06.5 coefficients", disable=not LARGE, leave=False):
-            tops = [top_token(model, steered_logits(model, model.to_tokens(f.prompt), best_hook, best_vector, coeff,
-                                                    pos=-1)[0, -1]) for f in france]
-            accuracy, to_madrid = steered_accuracy(model, groups, best_hook, best_vector, coeff)
-            history.append({"coeff": coeff, "other facts right": accuracy, "other facts say Madrid": to_madrid})
-            print(f"   at {best_hook}, coeff {coeff:3.1f}: France's prompts say {tops}; {len(others)} other "
-                  f"countries' facts right {accuracy:.1%}, ' Madrid' {to_madrid:.1%}")
+        with forward_progress(model, desc="06.5 5 coefficients' runs", disable=not LARGE):
+            for coeff in (0.0, 0.5, 1.0, 1.5, 2.0):
+                tops = [top_token(model, steered_logits(model, model.to_tokens(f.prompt), best_hook, best_vector,
+                                                        coeff, pos=-1)[0, -1]) for f in france]
+                accuracy, to_madrid = steered_accuracy(model, groups, best_hook, best_vector, coeff)
+                history.append({"coeff": coeff, "other facts right": accuracy, "other facts say Madrid": to_madrid})
+                print(f"   at {best_hook}, coeff {coeff:3.1f}: France's prompts say {tops}; {len(others)} other "
+                      f"countries' facts right {accuracy:.1%}, ' Madrid' {to_madrid:.1%}")
         show(plot.curves(history, ["other facts right", "other facts say Madrid"], OUT / "06_steering.png",
                          title=f"Spain - France at {best_hook}, added at the last token", x="coeff"))
 

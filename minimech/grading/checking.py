@@ -103,7 +103,8 @@ def scaled_limits(lesson: Lesson, oracle: Oracle, time_limit_s=None, memory_limi
     memory by four copies of the model's weights (a clone, gradients, an optimizer's moments); and at least what
     the reference solution itself needs on that model (TIME_HEADROOM times its time on one thread, MEMORY_HEADROOM
     times the memory it added plus MEMORY_SLACK_MB), measured by waiting for the references before any learner's
-    code runs (progress(exercise id) as each is done). On the lesson's own model nothing waits."""
+    code runs (progress(exercise id, cases done, cases) as each case is done). On the lesson's own model nothing
+    waits."""
     time_s, memory_mb = lesson.settings["time_limit_s"], lesson.settings["memory_limit_mb"]
     params, default = oracle.parameters(), lesson.settings["default_model"]
     if params and oracle.model_name != default and default != "none":
@@ -165,7 +166,8 @@ def run_checks(lesson, learner_file, exercises=None, seed: int | None = None, is
     sandbox: a sandbox.Sandbox (default: the strongest that works here); secret: more folders the learner's
     process may not read (a class's submissions). Limits: the ones given, else lesson.json's, grown for a model
     bigger than the lesson's (scaled_limits). progress(exercise id) is called as each exercise is done;
-    reference_progress(exercise id) as each reference answer is, where the limits wait for them (a bigger model)."""
+    reference_progress(exercise id, cases done, cases) as each case's reference answer is, where the limits wait
+    for them (a bigger model)."""
     lesson = get_lesson(lesson, root)
     learner_file = Path(learner_file)
     if not learner_file.is_file():

@@ -52,6 +52,16 @@ def _print_report(report, print_table) -> None:
         print("\nall passed.")
 
 
+def _reference_done(bar, ex_id: str, done: int, cases: int) -> None:
+    """The reference-answers bar: one step per exercise, and which case it is on (on GPT-2 one can take a minute,
+    so the bar moves between exercises too, once it shows)."""
+    if done >= cases:
+        bar.set_postfix_str("", refresh=False)
+        bar.update(1)
+    elif bar.format_dict["elapsed"] >= bar.delay:  # a postfix redraws at once, before the bar's own delay
+        bar.set_postfix_str(f"{ex_id}: {done}/{cases} cases")
+
+
 def register(command, arg, print_table) -> None:
     """Add the lesson commands to cli.py's registry."""
     dir_arg = arg("--dir", default=None, metavar="DIR",
@@ -120,7 +130,8 @@ def register(command, arg, print_table) -> None:
             report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model,
                                 time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit,
                                 progress=lambda ex_id: bar.update(1),
-                                reference_progress=lambda ex_id: references.update(1))
+                                reference_progress=lambda ex_id, done, cases: _reference_done(references, ex_id,
+                                                                                              done, cases))
         _print_report(report, print_table)
         if not args.file or Path(args.file).resolve() in {(workspace / lesson.name / name).resolve()
                                                           for name in ("lesson.py", "lesson.ipynb")}:

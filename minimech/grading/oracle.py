@@ -145,6 +145,7 @@ class Oracle:
         self.reference_cpu_seconds: dict[str, float] = {}  # their CPU time, every thread: roughly one thread's need
         self.reference_peak_mb: dict[str, float] = {}  # the memory they added at their peak (where measurable)
         self.models: dict = {}  # this oracle's models only (ctx.model() loads them here)
+        self.cases_done: dict[str, int] = {}  # each exercise's reference cases computed so far (for progress)
         models = self.models
         for ex in exercises:
             try:
@@ -172,7 +173,11 @@ class Oracle:
                     torch.manual_seed(self.seed)  # a reference that draws from the global generator draws the same
                     start, cpu = time.perf_counter(), time.process_time()
                     with PeakMemory() as peak:
-                        self._answers[ex_id] = [exercise.reference(**c.args) for c in cases]
+                        answers = []
+                        for case in cases:  # one at a time, counted: on a big model one case can take a minute
+                            answers.append(exercise.reference(**case.args))
+                            self.cases_done[ex_id] = len(answers)
+                        self._answers[ex_id] = answers
                     self.reference_seconds[ex_id] = time.perf_counter() - start
                     self.reference_cpu_seconds[ex_id] = time.process_time() - cpu
                     if peak.mb is not None:
@@ -184,16 +189,22 @@ class Oracle:
             self._ready.set()
 
     def wait(self, progress=None) -> None:
-        """Until every reference is computed; progress(exercise id) as each one is done (for a progress bar)."""
-        told: set = set()
+        """Until every reference is computed; progress(exercise id, cases done, cases) as each case's reference is
+        done (for a progress bar: the exercise is done when the two counts are equal; an exercise whose cases could
+        not be built or computed is reported done)."""
+        told: dict[str, int] = {}
+
+        def tell(ex_id, done, total):
+            if progress is not None and told.get(ex_id) != done:
+                told[ex_id] = done
+                progress(ex_id, done, total)
+
         while not self._ready.wait(0.5):
-            for ex_id in list(self.reference_seconds):
-                if progress is not None and ex_id not in told:
-                    told.add(ex_id)
-                    progress(ex_id)
+            for ex_id, done in list(self.cases_done.items()):
+                tell(ex_id, done, len(self._cases.get(ex_id, ())))
         for ex_id in self.exercises:
-            if progress is not None and ex_id not in told:
-                progress(ex_id)
+            n = len(self._cases.get(ex_id, ()))
+            tell(ex_id, n, n)
 
     def needs(self, ex_ids=None) -> tuple[float, float]:
         """(seconds, MB) the reference solution needed for the exercises (all by default) at most: one exercise's
