@@ -11,6 +11,8 @@ import tempfile
 import json
 import os
 import secrets
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -151,12 +153,21 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
 
     closed = sandbox.ClosedFolder(submissions_dir) if box.mode == "user" else contextlib.nullcontext()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
+    # Ctrl-C is only noted here and acted on by the loop below: a KeyboardInterrupt raised at an arbitrary point of
+    # the main thread can land inside concurrent.futures' wait() while it holds a future's lock, and the worker that
+    # then finishes that future blocks on it forever (seen once: the grader hung after Ctrl-C instead of stopping).
+    interrupted: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     futures = [(folder.name, pool.submit(grade, folder)) for folder in folders]
     try:
         with closed:
             pending = {future for _, future in futures}
-            while pending:  # in slices: Linux may deliver Ctrl-C's SIGINT to a worker thread, and a main thread
-                _, pending = wait(pending, timeout=0.2)  # blocked in one long lock wait would not see it till the end
+            while pending and not interrupted:  # in slices, so that a Ctrl-C is seen within 0.2 s
+                _, pending = wait(pending, timeout=0.2)
+        if interrupted:
+            raise KeyboardInterrupt
         reports = {name: future.result() for name, future in futures}
         complete = True
     except KeyboardInterrupt:  # Ctrl-C: keep the students already graded, stop the rest within a second
@@ -169,6 +180,8 @@ def grade_submissions(lesson, submissions_dir, jobs: int | None = None, seed: in
     finally:
         pool.shutdown(wait=True)
         isolation.STOP.clear()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return ClassGrades(lesson, seed, model, reports, round(time.perf_counter() - start, 3), complete, box)
 
 
