@@ -215,10 +215,19 @@ def test_activation_stream_is_bounded_shuffled_and_skips_special_tokens(mini):
 
 # ---- metrics ---------------------------------------------------------------------------------------------------------
 
-def test_metrics_match_the_formulas_written_out(mini):
+@pytest.mark.parametrize("where,batch_size,budget_positions", [
+    ("mlp", None, None), ("mlp", 1, None), ("mlp", 64, None),  # auto-sized (one batch here), 1 row, more than all
+    ("mlp", None, 3), ("mlp", 2, 3),  # a logits budget of 3 positions of one row: the unembedding in chunks
+    ("ln_final", None, 3)])  # an SAE after the blocks: its edit applied a chunk of positions at a time
+def test_metrics_match_the_formulas_written_out(mini, monkeypatch, where, batch_size, budget_positions):
     """L0, variance explained, CE losses and density from plain tensors, <|endoftext|> positions excluded as SAELens
-    excludes special tokens (the prediction made at one, and the activation there is not replaced)."""
+    excludes special tokens (the prediction made at one, and the activation there is not replaced); the same
+    however the rows are batched and the logits chunked, and no logits tensor larger than the budget is made."""
+    from minimech.sae import metrics as sae_metrics
+
     hook, _, d_mlp = middle(mini)
+    if where == "ln_final":
+        hook, d_mlp = "ln_final.hook_normalized", mini.cfg.d_model
     sae = random_sae(d_mlp, 300, hook=hook, seed=3)
     with torch.no_grad():
         sae.b_enc.sub_(1.0)  # sparse-ish
@@ -227,7 +236,16 @@ def test_metrics_match_the_formulas_written_out(mini):
     rows = [[eot] + mini.tokenizer.encode(d) for d in docs]
     width = max(map(len, rows)) + 2
     tokens = torch.tensor([r + [eot] * (width - len(r)) for r in rows])  # padded with <|endoftext|>
-    got = evaluate_sae(mini, sae, tokens)
+    if budget_positions:
+        monkeypatch.setattr(sae_metrics, "LOGITS_BUDGET", budget_positions * mini.cfg.d_vocab * 4)
+    budget, sizes = sae_metrics.LOGITS_BUDGET, []
+    handle = mini.unembed.register_forward_hook(lambda module, args, out: sizes.append(out.numel() * 4))
+    try:
+        got = evaluate_sae(mini, sae, tokens, batch_size=batch_size)
+    finally:
+        handle.remove()
+    assert max(sizes) <= budget, (max(sizes), budget)
+    assert len(sizes) >= 3 * (len(tokens) if batch_size == 1 or budget_positions else 1)  # 3 runs per batch/chunk
 
     logits, cache = mini.run_with_cache(tokens, names=[hook])
     keep = tokens != eot

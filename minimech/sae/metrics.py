@@ -80,17 +80,50 @@ def _shared_prefix_layer(hook: str) -> int | None:
     return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
+LOGITS_BUDGET = 128 * 2**20  # bytes: the float32 logits one unembedding call may produce (~128 MiB)
+
+
+def auto_batch_size(model, n_pos: int) -> int:
+    """Rows per batch when evaluate_sae is given none: as many as keep one forward's logits [rows, pos, d_vocab]
+    within LOGITS_BUDGET, at most 32 (the shipped models: 32 rows of 128 positions, 116 MB; GPT-2: one row of
+    1,024 positions is already 206 MB, so 1 row, its logits then made a chunk of positions at a time)."""
+    return max(1, min(32, LOGITS_BUDGET // (n_pos * model.cfg.d_vocab * 4)))
+
+
+def _losses(model, inputs, tokens: torch.Tensor, prefix: dict, edits, chunk: int) -> torch.Tensor:
+    """[batch, pos - 1]: the loss of each next-token prediction of a forward from inputs (token ids, or the residual
+    stream before block prefix["start_at_layer"]), with the hooks edits(positions) gives attached. The blocks run on
+    every position at once (attention mixes them); the final LayerNorm and the unembedding, which act on each
+    position alone, run `chunk` positions at a time, so no logits larger than [batch, chunk, d_vocab] ever exist."""
+    with model.hooks(edits(slice(None))):
+        resid = model(inputs, stop_at_layer=model.cfg.n_layers, **prefix)  # [batch, pos, d_model]
+    targets = tokens.roll(-1, dims=1)  # [batch, pos]: the next token (the last column wraps round; it is dropped)
+    out = []
+    for start in range(0, tokens.shape[1], chunk):
+        span = slice(start, start + chunk)
+        with model.hooks(edits(span)):  # an SAE on ln_final.hook_normalized edits here, a chunk at a time
+            logits = model.unembed(model.ln_final(resid[:, span]))  # [batch, chunk, d_vocab]
+        out.append(-logits.log_softmax(-1).gather(-1, targets[:, span, None])[..., 0])  # [batch, chunk], as model.loss
+    return torch.cat(out, 1)[:, :-1]
+
+
 @torch.no_grad()
-def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = None, batch_size: int = 32,
+def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = None, batch_size: int | None = None,
                  exclude_special: bool = True, progress: bool = False) -> SAEMetrics:
-    """Every metric above, over tokens [rows, pos] (default: eval_rows(model), held-out documents); progress: a
-    tqdm bar over the batches (three forwards each)."""
+    """Every metric above, over tokens [rows, pos] (default: eval_rows(model), held-out documents); batch_size: rows
+    per batch (None: auto_batch_size, which bounds each forward's logits; the unembedding is chunked by position
+    too, so an explicit batch_size bounds only the activations); progress: a tqdm bar over the batches (three
+    forwards each)."""
     from ..notebook import tqdm
 
     hook = check_hook(model, sae.hook)
     if tokens is None:
         tokens = eval_rows(model)
     tokens = model.check_tokens(tokens)
+    batch_size = auto_batch_size(model, tokens.shape[1]) if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise SAEError(f"batch_size must be at least 1 (or None: sized automatically), got {batch_size}")
+    chunk = max(1, LOGITS_BUDGET // (min(batch_size, len(tokens)) * model.cfg.d_vocab * 4))  # positions per unembed
     sums = {"sq_norm": 0.0, "sq_residual": 0.0, "l0": 0.0, "n": 0, "ce": torch.zeros(3, dtype=torch.float64),
             "n_ce": 0}
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
@@ -102,8 +135,15 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
         start = _shared_prefix_layer(hook)
         prefix = {} if start is None else {"start_at_layer": start}
         inputs = rows if start is None else model(rows, stop_at_layer=start)  # [batch, pos] or [batch, pos, d_model]
-        logits, cache = model.run_with_cache(inputs, names=[hook], **prefix)
-        x = per_token(cache[hook])[keep]  # [n, d_in]
+        seen = []  # the clean activations at the hook (in chunks of positions for a hook after the blocks)
+        runs = (lambda span: [(hook, lambda act, hook_point: seen.append(act))],  # clean: the hook only reads
+                lambda span: [(hook, replace_hook(sae, keep=special[:, span]))],  # spliced, specials kept
+                lambda span: [(hook, replace_hook(sae, zero=True))])  # zero-ablated
+        counted = keep[:, :-1]  # the prediction made at a special position is left out
+        for i, edits in enumerate(runs):
+            sums["ce"][i] += _losses(model, inputs, rows, prefix, edits, chunk)[counted].double().sum().cpu()
+        sums["n_ce"] += int(counted.sum())
+        x = per_token(torch.cat(seen, 1))[keep]  # [n, d_in]
         if x.shape[-1] != sae.cfg.d_in:
             raise SAEError(f"{hook} has width {x.shape[-1]} here but the SAE reads d_in={sae.cfg.d_in}")
         f = sae.encode(x)
@@ -115,14 +155,6 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
         sums["l0"] += (f != 0).sum().item()
         sums["n"] += len(x)
         fired += (f != 0).sum(0).double().cpu()
-        with model.hooks([(hook, replace_hook(sae, keep=special))]):
-            spliced = model(inputs, **prefix)
-        with model.hooks([(hook, replace_hook(sae, zero=True))]):
-            ablated = model(inputs, **prefix)
-        counted = keep[:, :-1]  # the prediction made at a special position is left out
-        for i, out in enumerate((logits, spliced, ablated)):
-            sums["ce"][i] += model.loss(out, rows, per_token=True)[counted].double().sum().cpu()
-        sums["n_ce"] += int(counted.sum())
     if sums["n"] == 0 or sums["n_ce"] == 0:
         raise SAEError("the tokens hold no position to measure (only <|endoftext|>, or a single position)")
     n = sums["n"]
