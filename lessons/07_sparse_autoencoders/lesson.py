@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 import minimech
-from minimech.notebook import show
+from minimech.notebook import forward_progress, show, tqdm
 from minimech.sae import SAEConfig, SparseAutoencoder, collect_activations, corpus_rows, evaluate_sae
 from minimech.sae.activations import corpus_kind
 from minimech.sae.features import context_diversity, context_kind, document_tokens, top_contexts
@@ -54,6 +54,7 @@ OUT = Path("minimech-out")
 # runs top to bottom, but the SAE is then too young for the figures the lesson discusses.
 QUICK = bool(os.environ.get("MINIMECH_QUICK"))
 STEPS, TRAIN_DOCS, READ_DOCS, EVAL_DOCS, ABLATE_DOCS = (40, 300, 100, 30, 40) if QUICK else (200, 1000, 300, 100, 120)
+HELD_OUT_DOCS, BATCH, CE_ROWS = 200, 1024, 64  # documents of held-out activations; SAE batch; rows for 07.5
 
 
 def parse_args():
@@ -81,6 +82,13 @@ if MAIN:
     model = minimech.load(args.model)
     if model.cfg.d_model <= 256:
         torch.set_num_threads(1)  # a small model's matrices are tiny: a second thread costs more than it saves
+    # GPT-2-sized (3,072 neurons, 6,144 features, 50,257-token logits): fewer documents, steps and rows, so that the
+    # script runs in minutes on two cores with no step above a few GB (one SAE step on 256 tokens takes ~2 s there,
+    # 300 documents' logits would be 5 GB), and a progress bar on every stretch longer than a few seconds
+    LARGE = model.cfg.d_model > 256
+    if LARGE:
+        STEPS, BATCH, TRAIN_DOCS, HELD_OUT_DOCS, CE_ROWS = min(STEPS, 60), 128, 100, 50, 16
+        READ_DOCS, EVAL_DOCS, ABLATE_DOCS = 40, min(EVAL_DOCS, 40), 12
     if model.cfg.attn_only:
         raise SystemExit(f"lesson 07 reads an MLP layer and {args.model} has none: use a model with MLPs "
                          f"(--model {DEFAULT_MODEL}, or gpt2)")
@@ -179,8 +187,9 @@ def training_step(params: dict, optimizer, x: torch.Tensor, l1_coefficient: floa
 
 # %%
 def train_small_sae(acts: torch.Tensor, d_sae: int, steps: int, batch: int = 1024, lr: float = 4e-3,
-                    l1_coefficient: float = 3.0, seed: int = 0) -> dict:
-    """Your training_step in a loop, with Adam; the L1 coefficient ramps up over the first 10 % of the steps."""
+                    l1_coefficient: float = 3.0, seed: int = 0, progress: bool = False) -> dict:
+    """Your training_step in a loop, with Adam; the L1 coefficient ramps up over the first 10 % of the steps;
+    progress: a bar over the steps."""
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
     scale = (d_in ** 0.5 / acts.norm(dim=-1).mean()).item()
@@ -189,7 +198,7 @@ def train_small_sae(acts: torch.Tensor, d_sae: int, steps: int, batch: int = 102
     params = {"W_enc": W_dec.T.clone().requires_grad_(), "b_enc": torch.zeros(d_sae, requires_grad=True),
               "W_dec": W_dec.requires_grad_(), "b_dec": (acts[:4096].mean(0) * scale).requires_grad_()}
     optimizer = torch.optim.Adam(params.values(), lr=lr)
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="training steps", disable=not progress, leave=False):
         x = acts[torch.randint(len(acts), (batch,), generator=gen)] * scale
         training_step(params, optimizer, x, l1_coefficient * min(1.0, (step + 1) / (0.1 * steps)))
         if step % (steps // 4) == 0 or step == steps - 1:
@@ -203,14 +212,15 @@ def train_small_sae(acts: torch.Tensor, d_sae: int, steps: int, batch: int = 102
 
 
 if MAIN:
-    wide = model.cfg.d_mlp > 512  # GPT-2's 3,072 neurons: fewer documents and smaller batches, same number of steps
-    acts = collect_activations(model, HOOK, corpus_rows(model, min(300, TRAIN_DOCS) if wide else TRAIN_DOCS, seed=1))
-    held_out = collect_activations(model, HOOK, corpus_rows(model, 200, seed=2))
+    with forward_progress(model, desc="the activations' forwards", disable=not LARGE):  # GPT-2: a row at a time
+        acts = collect_activations(model, HOOK, corpus_rows(model, TRAIN_DOCS, seed=1), batch_size=1 if LARGE else 64)
+        held_out = collect_activations(model, HOOK, corpus_rows(model, HELD_OUT_DOCS, seed=2),
+                                       batch_size=1 if LARGE else 64)
     print(f"\n{len(acts):,} training activations of {acts.shape[1]} neurons; {len(held_out):,} held out")
     mine = None
     with demo("07.3 training a small SAE with your training step"):
         start = time.perf_counter()
-        mine = train_small_sae(acts, d_sae=2 * acts.shape[1], steps=STEPS, batch=256 if wide else 1024)
+        mine = train_small_sae(acts, d_sae=2 * acts.shape[1], steps=STEPS, batch=BATCH, progress=LARGE)
         print(f"   trained in {time.perf_counter() - start:.0f} s")
 
 # %% [markdown]
@@ -298,8 +308,8 @@ if MAIN and mine is not None:
             f, x_hat = sae_forward(held_out, *(mine[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")))
         l0, explained = l0_and_variance_explained(held_out, f, x_hat)
         print(f"   L0 {l0:.1f} (your prediction: {prediction_1}); variance explained {explained:.3f}")
-    with demo("07.5 CE loss recovered of your SAE"):
-        rows = document_rows(model, 64, 24)
+    with demo("07.5 CE loss recovered of your SAE"), forward_progress(model, desc="07.5", disable=not LARGE):
+        rows = document_rows(model, CE_ROWS, 24)
         sae_mine = as_sae(mine, HOOK)
         clean, spliced, ablated, recovered = ce_loss_recovered(model, rows, HOOK, sae_mine)
         print(f"   clean {clean:.3f}, spliced {spliced:.3f}, zeroed {ablated:.3f}: recovered {recovered:.3f} "
@@ -325,7 +335,7 @@ if MAIN:
     eval_rows = corpus_rows(model, EVAL_DOCS, seed=3)
     for name, sae in (("yours", as_sae(mine, HOOK) if mine is not None else None), ("shipped", shipped)):
         if sae is not None:
-            print(f"   {name:8} {sae.cfg.d_sae:5} features: {evaluate_sae(model, sae, eval_rows)}")
+            print(f"   {name:8} {sae.cfg.d_sae:5} features: {evaluate_sae(model, sae, eval_rows, progress=LARGE)}")
     sae = shipped if shipped is not None else as_sae(mine, HOOK) if mine is not None else None
 
 # %% [markdown]
@@ -368,16 +378,23 @@ def feature_logit_effect(model, layer: int, direction: torch.Tensor) -> torch.Te
 
 
 # %%
-def all_feature_activations(model, sae, n_documents: int = READ_DOCS):
-    """(tokens [n, pos], features [n, pos, d_sae], neurons [n, pos, d_in], real [n, pos]) over held-out documents;
-    real is False at the BOS and on the padding, where both activations are set to 0."""
+def all_feature_activations(model, sae, n_documents: int = READ_DOCS, batch_size: int | None = None):
+    """(tokens [n, pos], features [n, pos, d_sae], neurons [n, pos, d_in], real [n, pos]) over held-out documents,
+    batch_size documents per forward (None: all at once); real is False at the BOS and on the padding, where both
+    activations are set to 0."""
     tokens, real = document_tokens(model, n_documents)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names=[sae.hook], stop_at_layer=LAYER + 1)
-        f = sae.encode(cache[sae.hook])
     real = real.clone()
     real[:, 0] = False
-    return tokens, f * real[..., None], cache[sae.hook] * real[..., None], real
+    features, neurons = [], []
+    for rows in tqdm(range(0, len(tokens), batch_size or len(tokens)), desc="features", disable=batch_size is None,
+                     leave=False):
+        part = slice(rows, rows + (batch_size or len(tokens)))
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens[part], names=[sae.hook], stop_at_layer=LAYER + 1)
+            mask = real[part, :, None]
+            features.append(sae.encode(cache[sae.hook]) * mask)
+            neurons.append(cache[sae.hook] * mask)
+    return tokens, torch.cat(features), torch.cat(neurons), real
 
 
 def kinds(tokens: torch.Tensor, acts: torch.Tensor, top: int = 20) -> Counter:
@@ -395,7 +412,7 @@ def effective(counter: Counter) -> float:
 
 
 if MAIN and sae is not None:
-    doc_tokens, doc_f, doc_neurons, doc_real = all_feature_activations(model, sae)
+    doc_tokens, doc_f, doc_neurons, doc_real = all_feature_activations(model, sae, READ_DOCS, 10 if LARGE else None)
     density = (doc_f > 0).sum((0, 1)) / doc_real.sum()  # [d_sae]: fraction of real tokens each feature fires on
     by_density = density.argsort(descending=True).tolist()
     candidates = [i for i in by_density if density[i] > 0.005][:150] or by_density[:150]
@@ -409,7 +426,8 @@ if MAIN and sae is not None:
         if len(chosen) == 4:
             break
     chosen += [i for i in candidates if i not in chosen][:4 - len(chosen)]  # too few of one kind: the most frequent
-    with demo("07.6 and 07.7: four features, by their contexts and logit effects"):
+    with demo("07.6 and 07.7: four features, by their contexts and logit effects"), \
+            forward_progress(model, desc="07.6 and the dashboard", disable=not LARGE):
         probe = doc_tokens[:8]
         yours = feature_activations(model, probe, HOOK, sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach(),
                                     chosen[0])
@@ -450,14 +468,16 @@ prediction_3 = None  # your guess: e.g. "features: 1.5 against 3 for the neurons
 # %%
 if MAIN and sae is not None:
     alive = [i for i in range(sae.cfg.d_sae) if doc_f[..., i].max() > 0]
-    feature_kinds = torch.tensor([effective(kinds(doc_tokens, doc_f[..., i])) for i in alive])
-    neuron_kinds = torch.tensor([effective(kinds(doc_tokens, doc_neurons[..., j])) for j in range(model.cfg.d_mlp)
-                                 if doc_neurons[..., j].max() > 0])
+    feature_kinds = torch.tensor([effective(kinds(doc_tokens, doc_f[..., i]))
+                                  for i in tqdm(alive, desc="features' kinds", disable=not LARGE, leave=False)])
+    neuron_kinds = torch.tensor([effective(kinds(doc_tokens, doc_neurons[..., j]))
+                                 for j in tqdm(range(model.cfg.d_mlp), desc="neurons' kinds", disable=not LARGE,
+                                               leave=False) if doc_neurons[..., j].max() > 0])
     print(f"\nmedian effective kinds of context: features {feature_kinds.median():.2f} ({len(alive)} that fire), "
           f"neurons {neuron_kinds.median():.2f} ({len(neuron_kinds)}); your prediction: {prediction_3}")
     print(f"   units with a single kind: features {(feature_kinds < 1.01).float().mean():.0%}, "
           f"neurons {(neuron_kinds < 1.01).float().mean():.0%}")
-    if chosen:
+    if chosen:  # (GPT-2: each reads its documents again, a forward of some seconds)
         feature = sae.features[chosen[0]]
         neuron = int(sae.W_dec[chosen[0]].abs().argmax())  # the neuron that carries most of its direction
         print(f"   {context_diversity(feature, model, n_documents=READ_DOCS)}")
@@ -520,7 +540,12 @@ def removal_estimates(model, sae, tokens: torch.Tensor, real: torch.Tensor) -> t
 
 if MAIN and sae is not None:
     rows = slice(0, ABLATE_DOCS)
-    estimate = removal_estimates(model, sae, doc_tokens[rows], doc_real[rows])  # [<=120, pos, d_sae]
+    # GPT-2: 4 documents per backward pass (12 documents' logits, their gradients and every layer's activations
+    # kept for the backward would take several GB at once)
+    step = 4 if LARGE else ABLATE_DOCS
+    estimate = torch.cat([removal_estimates(model, sae, doc_tokens[i:i + step], doc_real[i:i + step])
+                          for i in tqdm(range(0, ABLATE_DOCS, step), desc="estimates", disable=not LARGE,
+                                        leave=False)])  # [<=120, pos, d_sae]
     fires = doc_f[rows] > 0
     score = estimate.sum((0, 1)) / fires.sum((0, 1)).clamp_min(1)  # mean over firing positions
     score[density < min(0.01, float(density.max()))] = -float("inf")  # frequent enough to measure
@@ -541,7 +566,7 @@ prediction_4 = None  # your guess: e.g. "1.5 nats where it fires, 0.1 elsewhere"
 
 # %%
 if MAIN and sae is not None:
-    with demo("07.8 ablating the feature"):
+    with demo("07.8 ablating the feature"), forward_progress(model, desc="07.8", disable=not LARGE):
         rows = doc_tokens[:ABLATE_DOCS]
         with torch.no_grad():
             clean = model(rows).log_softmax(-1)  # [120, pos, d_vocab]
@@ -567,8 +592,10 @@ if MAIN and sae is not None:
 # ## With GPT-2's own weights
 #
 # `python lesson.py --model gpt2` runs the same steps on GPT-2 small's middle MLP (3,072 neurons; the SAE then has
-# 6,144 features and the training step takes correspondingly longer). No SAE is shipped for GPT-2, so the second
-# half reads yours: with a few hundred steps it will be much less clean than the published ones, which were trained
-# on hundreds of millions of tokens.
+# 6,144 features and one training step costs some fifty times more). So that it runs in minutes on a laptop, it then
+# reads fewer documents throughout and trains 60 steps of 128 tokens. No SAE is shipped for GPT-2, so the second
+# half reads yours: it will be much less clean than the published ones, which were trained on hundreds of millions
+# of tokens; train longer (`train_small_sae(acts, ..., steps=...)`, or `minimech.sae.train_sae`) before you read
+# much into its features.
 #
 # What was found on minimech's default model, and what it means, is at the end of this lesson's README.
