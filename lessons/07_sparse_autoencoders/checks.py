@@ -369,6 +369,17 @@ def ce_reference(model, tokens, hook, reconstruct):
     return _ce(model, tokens, hook, reconstruct)
 
 
+def _is_ratio_of(got) -> bool:
+    """Whether got's recovered is (ablated - spliced) / (ablated - clean) of got's own three losses (each already
+    matched to the reference). Where ablated - clean is small (GPT-2-shaped random weights: 0.02 nats), float32
+    rounding of the losses, far inside their tolerance, moves the ratio by more than 1e-4 of itself."""
+    try:
+        clean, spliced, ablated, recovered = (float(v) for v in got)
+    except (TypeError, ValueError):
+        return False
+    return ablated != clean and _matches(recovered, (ablated - spliced) / (ablated - clean), 1e-4)
+
+
 def ce_compare(got, want, case):
     problem = _pair(got, 4, "clean, spliced, ablated, recovered")
     if problem:
@@ -376,7 +387,7 @@ def ce_compare(got, want, case):
     names = ("clean", "spliced", "ablated", "recovered")
     args = [case.args[k] for k in ("model", "tokens", "hook", "reconstruct")]
     for i, name in enumerate(names):
-        if _matches(got[i], want[i], 1e-4):
+        if _matches(got[i], want[i], 1e-4) or (name == "recovered" and _is_ratio_of(got)):
             continue
         suspects = [(lambda v=v: _ce(*args, **v)[i], m) for v, m in [
             ({"skip_first": False}, "leave out the prediction made at the BOS: average the per-token losses from "
