@@ -88,7 +88,7 @@ if MAIN:
     LARGE = model.cfg.d_model > 256
     if LARGE:
         STEPS, BATCH, TRAIN_DOCS, HELD_OUT_DOCS, CE_ROWS = min(STEPS, 60), 128, 100, 50, 16
-        READ_DOCS, EVAL_DOCS, ABLATE_DOCS = 40, min(EVAL_DOCS, 40), 12
+        READ_DOCS, EVAL_DOCS, ABLATE_DOCS = 32, min(EVAL_DOCS, 40), 12
     if model.cfg.attn_only:
         raise SystemExit(f"lesson 07 reads an MLP layer and {args.model} has none: use a model with MLPs "
                          f"(--model {DEFAULT_MODEL}, or gpt2)")
@@ -540,9 +540,9 @@ def removal_estimates(model, sae, tokens: torch.Tensor, real: torch.Tensor) -> t
 
 if MAIN and sae is not None:
     rows = slice(0, ABLATE_DOCS)
-    # GPT-2: 4 documents per backward pass (12 documents' logits, their gradients and every layer's activations
+    # GPT-2: 3 documents per backward pass (12 documents' logits, their gradients and every layer's activations
     # kept for the backward would take several GB at once)
-    step = 4 if LARGE else ABLATE_DOCS
+    step = 3 if LARGE else ABLATE_DOCS
     estimate = torch.cat([removal_estimates(model, sae, doc_tokens[i:i + step], doc_real[i:i + step])
                           for i in tqdm(range(0, ABLATE_DOCS, step), desc="estimates", disable=not LARGE,
                                         leave=False)])  # [<=120, pos, d_sae]

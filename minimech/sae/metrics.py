@@ -112,8 +112,8 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
                  exclude_special: bool = True, progress: bool = False) -> SAEMetrics:
     """Every metric above, over tokens [rows, pos] (default: eval_rows(model), held-out documents); batch_size: rows
     per batch (None: auto_batch_size, which bounds each forward's logits; the unembedding is chunked by position
-    too, so an explicit batch_size bounds only the activations); progress: a tqdm bar over the batches (three
-    forwards each)."""
+    too, so an explicit batch_size bounds only the activations); progress: a tqdm bar counting the forwards (three
+    a batch: clean, spliced, zero-ablated)."""
     from ..notebook import tqdm
 
     hook = check_hook(model, sae.hook)
@@ -128,7 +128,10 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
             "n_ce": 0}
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    for rows in tqdm(tokens.split(batch_size), desc=f"evaluating the SAE on {sae.hook}", disable=not progress):
+    batches = tokens.split(batch_size)
+    bar = tqdm(total=3 * len(batches), desc=f"evaluating the SAE on {sae.hook}", unit=" forwards",
+               disable=not progress)
+    for rows in batches:
         special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
         keep = ~special  # [batch, pos]
         # The three forwards (clean, spliced, zeroed) agree up to the hook's block: run that part once
@@ -142,6 +145,7 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
         counted = keep[:, :-1]  # the prediction made at a special position is left out
         for i, edits in enumerate(runs):
             sums["ce"][i] += _losses(model, inputs, rows, prefix, edits, chunk)[counted].double().sum().cpu()
+            bar.update(1)
         sums["n_ce"] += int(counted.sum())
         x = per_token(torch.cat(seen, 1))[keep]  # [n, d_in]
         if x.shape[-1] != sae.cfg.d_in:
@@ -155,6 +159,7 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
         sums["l0"] += (f != 0).sum().item()
         sums["n"] += len(x)
         fired += (f != 0).sum(0).double().cpu()
+    bar.close()
     if sums["n"] == 0 or sums["n_ce"] == 0:
         raise SAEError("the tokens hold no position to measure (only <|endoftext|>, or a single position)")
     n = sums["n"]
