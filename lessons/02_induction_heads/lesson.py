@@ -43,7 +43,7 @@ import minimech
 import minimech.analysis  # the toolkit: its versions of this lesson's exercises, "in practice", after each one
 from minimech import plot
 from minimech.loading import WeightsNotFoundError, is_gpt2_small
-from minimech.notebook import show
+from minimech.notebook import show, tqdm
 
 MAIN = __name__ == "__main__"
 DEFAULT_MODEL = "attn-only-2l"
@@ -428,8 +428,10 @@ if MAIN:
                        f"the previous-token head L{prev_head[0]}H{prev_head[1]}": [list(prev_head)],
                        f"a control head L{control[0]}H{control[1]}": [list(control)]}
         experiments.update({f"layer-0 head L{l}H{h}": [[l, h]] for l, h in others if l == 0})
-        results = {name: ablated_in_context_losses(model, tokens, SEQ_LEN, heads) if heads
-                   else in_context_losses(model, tokens, SEQ_LEN) for name, heads in experiments.items()}
+        results = {}
+        for name, heads in tqdm(experiments.items(), desc="02.8 ablations", disable=not LARGE):  # GPT-2: 4 s a run
+            results[name] = (ablated_in_context_losses(model, tokens, SEQ_LEN, heads) if heads
+                             else in_context_losses(model, tokens, SEQ_LEN))
         for name, (first_half, repeat) in results.items():
             print(f"   mean-ablating {name:36s} first copy {first_half:.3f}, repeat {repeat:.3f}")
         fig, ax = plt.subplots(figsize=(7, 3.2))
