@@ -220,17 +220,17 @@ def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | 
 
 
 # ---- ROME: a rank-one edit of one fact ----------------------------------------------------------------------------
-def fact_layer(model, prompt=None, subject=None) -> int:
+def fact_layer(model, prompt=None, subject=None, samples: int = 10) -> int:
     """The MLP layer whose output at the subject's last token matters most for facts: from the card
     (mechanisms.facts.mlp_effect_by_layer_at_subject_last_token) when there is one, else from a causal trace of
-    the prompt's own top prediction."""
+    the prompt's own top prediction with `samples` noise samples (fewer: faster on a big model, noisier)."""
     effects = model.card.get("mechanisms", {}).get("facts", {}).get("mlp_effect_by_layer_at_subject_last_token")
     if effects:
         return int(torch.tensor(effects).argmax())
     if prompt is None:
         raise InterventionError("this model's card has no fact tracing: pass layer=, or a prompt and subject to trace")
     answer = int(model(prompt)[0, -1].argmax())
-    trace = causal_trace(model, prompt, answer, subject, kinds=("mlp",))
+    trace = causal_trace(model, prompt, answer, subject, samples=samples, kinds=("mlp",))
     return int(trace.scores["mlp"][:, trace.subject_positions[-1]].argmax())
 
 
