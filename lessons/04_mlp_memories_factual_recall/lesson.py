@@ -415,12 +415,14 @@ prediction_3 = None  # your guess: the best MLP fraction for the fact and for th
 # %%
 if MAIN:
     with demo("04.7 the fact's trace beside the control's"), \
-            forward_progress(model, desc="04.7 the traces' runs", disable=not LARGE):  # GPT-2: a minute or two
-        fact_frac = recovered_fraction_grid(model, tokens, subject, answer, noise, "mlp")  # [n_layers, pos]
+            forward_progress(model, desc="04.7 the control's runs", disable=not LARGE):  # GPT-2: seconds
         if not LARGE:
+            fact_frac = recovered_fraction_grid(model, tokens, subject, answer, noise, "mlp")  # [n_layers, pos]
             control_frac = recovered_fraction_grid(model, ioi_tokens, io_pos, ioi_answer, ioi_noise, "mlp")
-        else:  # GPT-2: the control's 12 x 17 cells by causal_trace, whose draws for seed 1 are ioi_noise: the numbers
-            #    your 04.7 would give, in a fraction of the time (its runs start at the restored layer, batched)
+        else:  # GPT-2: the numbers your 04.7 would give, without its minutes of runs. The fact's from your 04.6 grid
+            #    and 04.4's noised runs; the control's 12 x 17 cells by causal_trace, whose draws for seed 1 are
+            #    ioi_noise (its runs start at the restored layer, batched)
+            fact_frac = (grids["mlp"] - noised.mean()) / (clean_prob - noised.mean())  # [n_layers, pos]
             control = causal_trace(model, ioi_tokens, ioi_answer, ioi_tokens[0, io_pos].tolist(), noise=std,
                                    samples=SAMPLES, seed=1, kinds=("mlp",))
             control_frac = (control.scores["mlp"] - control.corrupt_prob) / (control.clean_prob - control.corrupt_prob)

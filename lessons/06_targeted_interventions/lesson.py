@@ -203,7 +203,8 @@ prediction_2 = None  # your guess: the behaviours the IOI heads' ablation damage
 # %%
 if MAIN:
     # each behaviour's means over its own prompts (they are many, and of one kind)
-    sizes = dict(n_ioi=8, n_text=5, n_facts=30) if LARGE else {}  # GPT-2: 360 facts' logits alone are 0.9 GB
+    # GPT-2: fewer prompts of each behaviour (360 facts' logits alone are 0.9 GB; every prompt runs thrice a set)
+    sizes = dict(n_ioi=8, n_text=5, n_facts=30, n_induction=8) if LARGE else {}
     behaviours = {name: (tokens, tokens, m) for name, (tokens, m) in shipped_behaviours(model, **sizes).items()}
     every = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     card = (model.card.get("mechanisms") or {}).get("ioi", {}).get("mean_ablation_heads")
