@@ -89,11 +89,21 @@ def tqdm(*args, **kwargs):
 
 @contextmanager
 def forward_progress(model, total: int | None = None, desc: str = "forward passes", disable: bool = False):
-    """A progress bar counting the model's forward passes inside the block (a hook on hook_embed that changes
-    nothing): progress for work that shows none itself, such as a learner's loop of patched runs on GPT-2."""
+    """A progress bar counting the model's forward passes inside the block (hooks that change nothing, on the
+    embeddings and on ln_final: a run counts where it starts, or where it ends if it started at a later layer, as
+    causal_trace's restored runs do): progress for work that shows none itself, such as a learner's loop of patched
+    runs on GPT-2."""
     with tqdm(total=total, desc=desc, unit=" forwards", disable=disable, leave=False) as bar:
-        def count(embed, hook):  # returns None: the activation goes on unchanged
+        started = [False]  # a run has passed the embeddings and not yet reached ln_final
+
+        def start(embed, hook):  # hooks return None: the activation goes on unchanged
+            started[0] = True
             bar.update(1)
 
-        with model.hooks([("hook_embed", count)]):
+        def end(normalized, hook):
+            if not started[0]:  # a run that began after the embeddings (start_at_layer)
+                bar.update(1)
+            started[0] = False
+
+        with model.hooks([("hook_embed", start), ("ln_final.hook_normalized", end)]):
             yield bar

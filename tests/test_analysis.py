@@ -269,6 +269,38 @@ def test_trace_noise_is_three_embedding_stds(fact_model):
     assert list(result.scores) == ["attn"]
 
 
+
+def test_trace_equals_full_runs_one_cell_at_a_time(fact_model):
+    """causal_trace's restored runs start at the first restored layer (from the noised runs' stream there) and
+    unembed only the last position: the numbers must be those of full runs from the embeddings, one cell at a time,
+    for the stream and for windowed MLPs and attention (window 2: the first restored layer is below the cell's)."""
+    result = causal_trace(fact_model, PROMPT, " Paris", "Eiffel Tower", samples=3, seed=5, window=2)
+    tokens, positions, n_layers = fact_model.to_tokens(PROMPT), result.subject_positions, fact_model.cfg.n_layers
+    noise = torch.randn(3, len(positions), fact_model.cfg.d_model, generator=torch.Generator().manual_seed(5))
+    noise = noise * result.noise
+
+    def add_noise(embed, hook):
+        embed = embed.clone()
+        embed[:, positions] += noise
+        return embed
+
+    _, clean = fact_model.run_with_cache(tokens)
+    for kind, name in [("resid", "hook_resid_post"), ("mlp", "hook_mlp_out"), ("attn", "hook_attn_out")]:
+        for layer in range(n_layers):
+            width = 1 if kind == "resid" else 2
+            layers = range(max(0, layer - width // 2), min(n_layers, layer + (width + 1) // 2))
+            for pos in range(tokens.shape[1]):
+                def restore(act, hook, pos=pos):
+                    act = act.clone()
+                    act[:, pos] = clean[hook.name][0, pos]
+                    return act
+
+                hooks = [("hook_embed", add_noise)] + [(f"blocks.{l}.{name}", restore) for l in layers]
+                logits = fact_model.run_with_hooks(tokens.expand(3, -1), hooks)  # [3, pos, d_vocab]
+                expected = logits[:, -1].softmax(-1)[:, result.answer].mean().item()
+                assert result.scores[kind][layer, pos].item() == pytest.approx(expected, abs=1e-6), (kind, layer, pos)
+    assert no_hooks_left(fact_model)
+
 def test_find_subject_positions(fact_model):
     tokens = fact_model.to_tokens("The Tower is the Tower")
     last = find_subject_positions(fact_model, tokens, "Tower")  # no leading space in the text: found with one

@@ -151,3 +151,12 @@ def test_forward_progress_counts_forward_passes_and_changes_nothing():
         model.run_with_cache(tokens)
     assert bar.n == 4 and all(torch.equal(out, plain) for out in inside)
     assert not any(point.fns for point in model.hook_dict.values())
+    # a run that starts after the embeddings (causal_trace's restored runs) counts once, where it reaches ln_final;
+    # one that stops before ln_final counts where it starts
+    resid = model(tokens, stop_at_layer=1)  # [2, 5, d_model]
+    with forward_progress(model) as bar:
+        model(resid, start_at_layer=1)
+        model(tokens, stop_at_layer=1)
+        model(tokens)
+    assert bar.n == 3
+    assert not any(point.fns for point in model.hook_dict.values())

@@ -203,7 +203,8 @@ prediction_2 = None  # your guess: the behaviours the IOI heads' ablation damage
 # %%
 if MAIN:
     # each behaviour's means over its own prompts (they are many, and of one kind)
-    sizes = dict(n_ioi=16, n_text=10, n_facts=60) if LARGE else {}  # GPT-2: 360 facts' logits alone are 0.9 GB
+    # GPT-2: fewer prompts of each behaviour (360 facts' logits alone are 0.9 GB; every prompt runs thrice a set)
+    sizes = dict(n_ioi=8, n_text=5, n_facts=30, n_induction=8) if LARGE else {}
     behaviours = {name: (tokens, tokens, m) for name, (tokens, m) in shipped_behaviours(model, **sizes).items()}
     every = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     card = (model.card.get("mechanisms") or {}).get("ioi", {}).get("mean_ablation_heads")
@@ -212,7 +213,7 @@ if MAIN:
                  "quiet heads": quiet}
     head_sets = {k: v for k, v in head_sets.items() if v}
     with demo("06.2 the damage of each ablation on every behaviour"), \
-            forward_progress(model, desc="06.2 the head sets' runs", disable=not LARGE):  # GPT-2: 50 s a set
+            forward_progress(model, desc="06.2 the head sets' runs", disable=not LARGE):  # GPT-2: 20 s a set
         changes = []
         for name, hs in head_sets.items():
             table = damage_table(model, behaviours, hs)  # [n_behaviours, 2]
@@ -278,6 +279,8 @@ def capital_prompts(facts, subject: str) -> list[str]:
 if MAIN:
     hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"  # the middle of the model
     positive, negative = capital_prompts(facts_train, "Spain"), capital_prompts(facts_train, "France")
+    if LARGE:  # GPT-2: three prompts a side (06.5 builds a vector at every layer)
+        positive, negative = positive[:3], negative[:3]
     print(f"\n   {len(positive)} Spain prompts, e.g. {positive[:2]}; {len(negative)} France prompts")
     with demo("06.3 Spain minus France"):
         vector = steering_vector(model, positive, negative, hook)
@@ -373,7 +376,8 @@ def steered_accuracy(model, groups, hook, vector, coeff) -> tuple[float, float]:
 if MAIN:
     with demo("06.5 steering at each layer"):
         france_capital = [f.prompt for f in france if f.relation == "capital"]
-        sweep = steering_by_layer(model, positive, negative, france_capital, madrid, paris)  # [n_layers]
+        with forward_progress(model, desc="06.5 the sweep's runs", disable=not LARGE):  # GPT-2: 30 s or more
+            sweep = steering_by_layer(model, positive, negative, france_capital, madrid, paris)  # [n_layers]
         unsteered = torch.stack([model(model.to_tokens(p))[0, -1] for p in france_capital])
         print(f"   logit(Madrid) - logit(Paris) on {len(france_capital)} held-out France capital prompts: unsteered "
               f"{(unsteered[:, madrid] - unsteered[:, paris]).mean():+.2f}; steered at resid_mid of layer "
@@ -382,7 +386,7 @@ if MAIN:
         best_hook = f"blocks.{best}.hook_resid_mid"
         best_vector = steering_vector(model, positive, negative, best_hook)
         others = [f for f in facts_heldout if f.subject not in ("France", "Spain")]
-        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
+        others = spread_facts(others, 30) if LARGE else others  # GPT-2: 30 of them, 10 of each relation
         groups = by_length(model, others)
         history = []
         with forward_progress(model, desc="06.5 5 coefficients' runs", disable=not LARGE):
@@ -444,7 +448,7 @@ def key_second_moment(model, layer: int, tokens: torch.Tensor, mask: torch.Tenso
 PROMPT, SUBJECT, NEW = "France's capital is", "France", " Rome"
 
 if MAIN:
-    layer = fact_layer(model, PROMPT, SUBJECT)  # the card's traced fact layer; GPT-2: a causal trace
+    layer = fact_layer(model, PROMPT, SUBJECT, samples=3 if LARGE else 10)  # the card's layer; GPT-2: a causal trace
     prompt_tokens = model.to_tokens(PROMPT)  # [1, pos]
     subject_pos = find_subject_positions(model, prompt_tokens, SUBJECT)[-1]
     _, cache = model.run_with_cache(prompt_tokens, names=[f"blocks.{layer}.mlp.hook_post"])
@@ -492,7 +496,9 @@ if MAIN:
     mlp = model.blocks[layer].mlp
     v_norm = (key @ mlp.W_out + mlp.b_out).norm().item()  # the size of the value at the subject
     with demo("06.7 the new value"):
-        delta = value_delta(model, prompt_tokens, subject_pos, layer, new_id, max_norm=1.5 * v_norm)  # [d_model]
+        with forward_progress(model, desc="06.7 your steps' runs", disable=not LARGE):  # GPT-2: ROME's 20 steps
+            delta = value_delta(model, prompt_tokens, subject_pos, layer, new_id, steps=20 if LARGE else 60,
+                                max_norm=1.5 * v_norm)  # [d_model]
 
         def with_delta(act, hook):
             act = act.clone()
@@ -605,13 +611,16 @@ if MAIN:
     with demo("06.9 the edit's effects, fact by fact"):
         # every phrasing of the subject's facts (PROMPT among them); for the other subjects, the held-out phrasings
         others = [f for f in facts_heldout if f.subject != SUBJECT]
-        others = spread_facts(others, 60) if LARGE else others  # GPT-2: 60 of them, 20 of each relation
+        others = spread_facts(others, 30) if LARGE else others  # GPT-2: 30 of them, 10 of each relation
         facts = [f for f in facts_all if f.subject == SUBJECT] + others
         for name, dw in [("C from text", update), ("C = I", plain)]:
             print(f"   ROME with {name}:")
             for what, (before, after) in edit_report(model, layer, dw, facts, new_id).items():
                 print(f"      {what:<32} {before:6.3f} -> {after:6.3f}")
-        result = rome_edit(model, PROMPT, SUBJECT, NEW, layer=layer, facts=facts)  # the toolkit: all three steps
+        # GPT-2: ROME's 20 steps, and 06.6's C (40 documents: rome_edit's own would read 300)
+        fewer = dict(steps=20, covariance=toolkit_cov) if LARGE else {}
+        with forward_progress(model, desc="06.9 rome_edit's runs", disable=not LARGE):
+            result = rome_edit(model, PROMPT, SUBJECT, NEW, layer=layer, facts=facts, **fewer)  # all three steps
         print(f"   in practice, minimech.analysis.rome_edit:\n{result}")
 
 # %% [markdown]

@@ -183,12 +183,13 @@ def spread_facts(facts: list, n: int) -> list:
     return [facts[i] for i in keep]
 
 
-def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | None = None) -> dict:
+def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | None = None,
+                       n_induction: int = 16) -> dict:
     """{name: (tokens, metric)} for a shipped model, all on held-out data: "ioi" (IO - S logit difference, training
     names, held-out frames, the most common token length), "facts" (mean log P(answer) on held-out paraphrases: all
     of the model's corpus's (mini-4l 360, story-4l 446), or n_facts of them: spread_facts, e.g. for a GPT-2-sized
-    model whose logits on all 360 take 0.9 GB), "induction" (minus the loss on the repeated half of repeated random
-    tokens), "text" (minus the loss on corpus documents generated with a seed training never used)."""
+    model whose logits on all 360 take 0.9 GB), "induction" (minus the loss on the repeated half of n_induction rows
+    of repeated random tokens), "text" (minus the loss on corpus documents generated with a seed training never used)."""
     from ..training.corpora import corpus_for
     from .heads import repeated_random_tokens
     from .metrics import logit_diff
@@ -206,7 +207,7 @@ def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | 
     answers = torch.tensor([tok.encode(f.answer)[0] for f in facts])
     seq_len = min(20, (model.cfg.n_ctx - 1) // 2)
     device = model.W_E.device
-    rep = repeated_random_tokens(model, seq_len, batch=16, seed=1234).to(device)
+    rep = repeated_random_tokens(model, seq_len, batch=n_induction, seed=1234).to(device)
     text_tokens, text_mask = prompt_batch(model, corpus.training_documents(n_text, seed=99_999), truncate=True)
 
     def text_metric(logits):  # minus the mean loss over real (unpadded) next tokens
@@ -220,17 +221,17 @@ def shipped_behaviours(model, n_ioi: int = 40, n_text: int = 40, n_facts: int | 
 
 
 # ---- ROME: a rank-one edit of one fact ----------------------------------------------------------------------------
-def fact_layer(model, prompt=None, subject=None) -> int:
+def fact_layer(model, prompt=None, subject=None, samples: int = 10) -> int:
     """The MLP layer whose output at the subject's last token matters most for facts: from the card
     (mechanisms.facts.mlp_effect_by_layer_at_subject_last_token) when there is one, else from a causal trace of
-    the prompt's own top prediction."""
+    the prompt's own top prediction with `samples` noise samples (fewer: faster on a big model, noisier)."""
     effects = model.card.get("mechanisms", {}).get("facts", {}).get("mlp_effect_by_layer_at_subject_last_token")
     if effects:
         return int(torch.tensor(effects).argmax())
     if prompt is None:
         raise InterventionError("this model's card has no fact tracing: pass layer=, or a prompt and subject to trace")
     answer = int(model(prompt)[0, -1].argmax())
-    trace = causal_trace(model, prompt, answer, subject, kinds=("mlp",))
+    trace = causal_trace(model, prompt, answer, subject, samples=samples, kinds=("mlp",))
     return int(trace.scores["mlp"][:, trace.subject_positions[-1]].argmax())
 
 

@@ -129,7 +129,8 @@ def causal_trace(model, prompt, answer, subject, noise: float | None = None, sam
     """ROME's causal trace of P(answer) after prompt, with the subject's embeddings noised.
 
     noise: std of the Gaussian noise; default 3 x the std of all of W_E's entries (ROME uses 3 x the embeddings' std).
-    A batch of pos * samples rows per (kind, layer) restores every position in one forward.
+    A batch of pos * samples rows per (kind, layer) restores every position in one forward, starting at the first
+    restored layer from the noised runs' stream there, and unembedding only the last position.
     """
     if not isinstance(window, int) or window < 1 or not isinstance(samples, int) or samples < 1:
         raise TracingError(f"window={window!r}, samples={samples!r}: both must be whole numbers >= 1 (window 1 "
@@ -148,11 +149,13 @@ def causal_trace(model, prompt, answer, subject, noise: float | None = None, sam
     names = [f"blocks.{l}.{KIND_HOOKS[k]}" for k in kinds for l in range(model.cfg.n_layers)]
     clean_logits, cache = model.run_with_cache(tokens, names=names)
     clean_prob = clean_logits[0, -1].softmax(-1)[answer_id].item()
-    noise_hook = ("hook_embed", _noise_hook(positions, draws))
-    with model.hooks([noise_hook]):
-        corrupt_prob = _answer_prob(model(tokens.expand(samples, -1)), answer_id, samples).item()
+    # The noised runs, keeping each block's input: a restored run changes nothing before its first restored layer,
+    # so it starts there from these (start_at_layer) instead of running the blocks below again (half the work)
     n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
-    batch = tokens.expand(n_pos * samples, -1)  # [pos * samples, pos]: group g restores position g
+    with model.hooks([("hook_embed", _noise_hook(positions, draws))]):
+        corrupt_logits, noised = model.run_with_cache(tokens.expand(samples, -1),
+                                                      names=[f"blocks.{l}.hook_resid_pre" for l in range(n_layers)])
+    corrupt_prob = _answer_prob(corrupt_logits, answer_id, samples).item()
     scores = {}
     for kind in kinds:
         scores[kind] = torch.zeros(n_layers, n_pos)
@@ -161,6 +164,9 @@ def causal_trace(model, prompt, answer, subject, noise: float | None = None, sam
             lo, hi = max(0, layer - width // 2), min(n_layers, layer - (-width // 2))
             restores = [(f"blocks.{l}.{KIND_HOOKS[kind]}", _restore_hook(cache[f"blocks.{l}.{KIND_HOOKS[kind]}"],
                                                                            samples)) for l in range(lo, hi)]
-            with model.hooks([noise_hook] + restores):
-                scores[kind][layer] = _answer_prob(model(batch), answer_id, samples).cpu()
+            start = noised[f"blocks.{lo}.hook_resid_pre"].repeat(n_pos, 1, 1)  # [pos * samples, pos, d_model]
+            with model.hooks(restores):  # group g of `samples` rows restores position g
+                resid = model(start, start_at_layer=lo, stop_at_layer=n_layers)  # [pos * samples, pos, d_model]
+            last = model.unembed(model.ln_final(resid[:, -1:]))  # [pos * samples, 1, d_vocab]: only -1 is read
+            scores[kind][layer] = _answer_prob(last, answer_id, samples).cpu()
     return TraceResult(clean_prob, corrupt_prob, scores, _str_tokens(model, tokens[0]), positions, answer_id, std)
