@@ -206,3 +206,26 @@ def test_a_checks_models_build_no_autograd_graph():
             loss = model(tokens)[0, -1].logsumexp(-1)
         (grad,) = torch.autograd.grad(loss, [delta])
         assert grad.abs().sum() > 0
+
+
+def test_check_bar_ticks_while_one_exercise_runs_and_stops_after():
+    """`check`'s bar is redrawn every few seconds once it shows, so a minute-long exercise does not look like a hang;
+    before its delay nothing is drawn, and after the block no redraw is left running."""
+    import time
+
+    from minimech.grading.cli_commands import _Ticking
+
+    class Bar:  # the parts of tqdm _Ticking reads
+        def __init__(self, elapsed):
+            self.delay, self.format_dict, self.refreshes = 10, {"elapsed": elapsed}, 0
+
+        def refresh(self):
+            self.refreshes += 1
+
+    shown, hidden = Bar(elapsed=12), Bar(elapsed=3)
+    with _Ticking(shown, every_s=0.01), _Ticking(hidden, every_s=0.01):
+        time.sleep(0.2)
+    assert shown.refreshes >= 3 and hidden.refreshes == 0
+    after = shown.refreshes
+    time.sleep(0.1)
+    assert shown.refreshes == after

@@ -62,6 +62,28 @@ def _reference_done(bar, ex_id: str, done: int, cases: int) -> None:
         bar.set_postfix_str(f"{ex_id}: {done}/{cases} cases")
 
 
+class _Ticking:
+    """Redraw a bar every few seconds while one step runs, so its elapsed time moves (a learner's exercise on GPT-2
+    can take a minute between two updates; a still bar looks like a hang). Only once the bar shows (its delay)."""
+
+    def __init__(self, bar, every_s: float = 5.0):
+        self.bar, self.every_s, self.stop = bar, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every_s):
+            if self.bar.format_dict["elapsed"] >= self.bar.delay:
+                self.bar.refresh()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def register(command, arg, print_table) -> None:
     """Add the lesson commands to cli.py's registry."""
     dir_arg = arg("--dir", default=None, metavar="DIR",
@@ -126,7 +148,8 @@ def register(command, arg, print_table) -> None:
         # with a model bigger than the lesson's, the reference answers come first (they set the limits)
         with tqdm(total=len(lesson.points), desc="reference answers (they set the limits for this model)", unit="",
                   delay=10, file=sys.stderr, leave=False) as references, \
-                tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar:
+                tqdm(total=total, desc="exercises checked", unit="", delay=10, file=sys.stderr, leave=False) as bar, \
+                _Ticking(bar):
             report = run_checks(lesson, path, exercises=args.exercises or None, seed=args.seed, model=args.model,
                                 time_limit_s=args.time_limit, memory_limit_mb=args.memory_limit,
                                 progress=lambda ex_id: bar.update(1),
