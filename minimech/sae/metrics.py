@@ -129,37 +129,36 @@ def evaluate_sae(model, sae: SparseAutoencoder, tokens: torch.Tensor | None = No
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     batches = tokens.split(batch_size)
-    bar = tqdm(total=3 * len(batches), desc=f"evaluating the SAE on {sae.hook}", unit=" forwards",
-               disable=not progress)
-    for rows in batches:
-        special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
-        keep = ~special  # [batch, pos]
-        # The three forwards (clean, spliced, zeroed) agree up to the hook's block: run that part once
-        start = _shared_prefix_layer(hook)
-        prefix = {} if start is None else {"start_at_layer": start}
-        inputs = rows if start is None else model(rows, stop_at_layer=start)  # [batch, pos] or [batch, pos, d_model]
-        seen = []  # the clean activations at the hook (in chunks of positions for a hook after the blocks)
-        runs = (lambda span: [(hook, lambda act, hook_point: seen.append(act))],  # clean: the hook only reads
-                lambda span: [(hook, replace_hook(sae, keep=special[:, span]))],  # spliced, specials kept
-                lambda span: [(hook, replace_hook(sae, zero=True))])  # zero-ablated
-        counted = keep[:, :-1]  # the prediction made at a special position is left out
-        for i, edits in enumerate(runs):
-            sums["ce"][i] += _losses(model, inputs, rows, prefix, edits, chunk)[counted].double().sum().cpu()
-            bar.update(1)
-        sums["n_ce"] += int(counted.sum())
-        x = per_token(torch.cat(seen, 1))[keep]  # [n, d_in]
-        if x.shape[-1] != sae.cfg.d_in:
-            raise SAEError(f"{hook} has width {x.shape[-1]} here but the SAE reads d_in={sae.cfg.d_in}")
-        f = sae.encode(x)
-        x_hat = sae.decode(f)
-        xd = x.double()
-        sum_x += xd.sum(0).cpu()
-        sums["sq_norm"] += xd.pow(2).sum().item()
-        sums["sq_residual"] += (xd - x_hat.double()).pow(2).sum().item()
-        sums["l0"] += (f != 0).sum().item()
-        sums["n"] += len(x)
-        fired += (f != 0).sum(0).double().cpu()
-    bar.close()
+    with tqdm(total=3 * len(batches), desc=f"evaluating the SAE on {sae.hook}", unit=" forwards",
+                disable=not progress) as bar:
+        for rows in batches:
+            special = special_mask(model, rows) if exclude_special else torch.zeros_like(rows, dtype=torch.bool)
+            keep = ~special  # [batch, pos]
+            # The three forwards (clean, spliced, zeroed) agree up to the hook's block: run that part once
+            start = _shared_prefix_layer(hook)
+            prefix = {} if start is None else {"start_at_layer": start}
+            inputs = rows if start is None else model(rows, stop_at_layer=start)  # [batch, pos] or [..., d_model]
+            seen = []  # the clean activations at the hook (in chunks of positions for a hook after the blocks)
+            runs = (lambda span: [(hook, lambda act, hook_point: seen.append(act))],  # clean: the hook only reads
+                    lambda span: [(hook, replace_hook(sae, keep=special[:, span]))],  # spliced, specials kept
+                    lambda span: [(hook, replace_hook(sae, zero=True))])  # zero-ablated
+            counted = keep[:, :-1]  # the prediction made at a special position is left out
+            for i, edits in enumerate(runs):
+                sums["ce"][i] += _losses(model, inputs, rows, prefix, edits, chunk)[counted].double().sum().cpu()
+                bar.update(1)
+            sums["n_ce"] += int(counted.sum())
+            x = per_token(torch.cat(seen, 1))[keep]  # [n, d_in]
+            if x.shape[-1] != sae.cfg.d_in:
+                raise SAEError(f"{hook} has width {x.shape[-1]} here but the SAE reads d_in={sae.cfg.d_in}")
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            xd = x.double()
+            sum_x += xd.sum(0).cpu()
+            sums["sq_norm"] += xd.pow(2).sum().item()
+            sums["sq_residual"] += (xd - x_hat.double()).pow(2).sum().item()
+            sums["l0"] += (f != 0).sum().item()
+            sums["n"] += len(x)
+            fired += (f != 0).sum(0).double().cpu()
     if sums["n"] == 0 or sums["n_ce"] == 0:
         raise SAEError("the tokens hold no position to measure (only <|endoftext|>, or a single position)")
     n = sums["n"]
